@@ -1,0 +1,76 @@
+"""Application factory: `create_app(settings)` returns the Flask app with Socket.IO attached."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask_cors import CORS
+from flask_socketio import SocketIO
+
+from services.vram import VramOffloader
+
+from . import auth
+from .context import Backend
+from .errors import install_error_handlers
+from .jobs import JobManager, JobStore
+from .routes import jobs as job_routes
+from .routes import system as system_routes
+from .settings import GB, Settings, load_settings
+from .sockets import install_sockets
+
+log = logging.getLogger("enfoads")
+
+CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "Prefer", "ngrok-skip-browser-warning"]
+
+
+def make_offloader(settings: Settings) -> VramOffloader:
+    device = settings.resolved_device
+    budget = settings.vram_budget_gb
+    if budget is None and not device.startswith("cuda"):
+        budget = 15.0  # a T4's worth, so CPU runs make the same decisions Colab would
+    return VramOffloader(
+        device=device,
+        budget_bytes=int(budget * GB) if budget else None,
+        reserve_bytes=int(settings.vram_reserve_gb * GB),
+        host_ram_budget_bytes=int(settings.host_ram_budget_gb * GB),
+        idle_offload_s=settings.idle_offload_seconds,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+
+    app = Flask("enfoads")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False
+    origins = settings.cors_origins
+    CORS(app, origins=origins, allow_headers=CORS_HEADERS, expose_headers=["Location", "Retry-After"])
+    socketio = SocketIO(app, async_mode="threading", cors_allowed_origins="*" if origins == ["*"] else origins,
+                        max_http_buffer_size=settings.max_upload_bytes)
+
+    api_key = auth.load_or_create_key(settings.data_dir,
+                                      settings.api_key.get_secret_value() if settings.api_key else None)
+    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max)
+    b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=make_offloader(settings), socketio=socketio)
+    app.extensions["enfoads"] = b
+
+    install_error_handlers(app)
+    auth.install_auth(app)
+    app.register_blueprint(system_routes.bp)
+    app.register_blueprint(job_routes.bp)
+    install_sockets(socketio, b)
+
+    jobs.start()
+    b.vram.start_idle_thread()
+    log.info("EnfoadsIA backend ready: profile=%s device=%s dtype=%s data=%s", settings.profile,
+             settings.resolved_device, settings.dtype_name, settings.data_dir)
+    return app
+
+
+def shutdown_app(app: Flask) -> None:
+    b: Backend = app.extensions["enfoads"]
+    b.jobs.stop()
+    b.vram.stop()
+    b.jobs.store.close()

@@ -1,0 +1,26 @@
+"""The objects one running backend shares: settings, key, jobs, offloader, Socket.IO."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import current_app
+
+from .jobs import JobManager
+from .settings import Settings
+
+
+@dataclass
+class Backend:
+    settings: Settings
+    api_key: str
+    jobs: JobManager
+    vram: Any  # services.vram.VramOffloader
+    socketio: Any
+    started_at: float = field(default_factory=time.time)
+    models: list[dict] = field(default_factory=list)  # /v1/models entries added by each family
+
+
+def backend() -> Backend:
+    return current_app.extensions["enfoads"]

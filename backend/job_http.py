@@ -1,0 +1,52 @@
+"""Run a request as a job: wait for it and answer inline, or answer 202 with the job's id."""
+from __future__ import annotations
+
+from typing import Callable
+
+from flask import Response, url_for
+
+from . import auth
+from .api import ok, wants_async
+from .context import backend
+from .errors import STATUS_BY_KIND, ApiError
+from .jobs import CANCELLED, FAILED, SUCCEEDED, Job, QueueFull
+
+
+def current_owner() -> str:
+    return auth.owner_of(backend().api_key)
+
+
+def submit(kind: str, params: dict) -> Job:
+    try:
+        return backend().jobs.submit(kind, params, owner=current_owner())
+    except QueueFull as exc:
+        raise ApiError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)}) from None
+
+
+def accepted(job: Job):
+    location = url_for("jobs.get_job", job_id=job.id)
+    return ok({"job_id": job.id, "status": job.status, "progress": job.progress, "location": location},
+              status=202, headers={"Location": location})
+
+
+def raise_for_job(job: Job) -> None:
+    if job.status == FAILED:
+        err = job.error or {}
+        status = STATUS_BY_KIND.get(err.get("kind", ""), 500)
+        raise ApiError(status, err.get("message") or job.message, param=err.get("param"),
+                       code=err.get("code") or "job_failed", extra={"job_id": job.id})
+    if job.status == CANCELLED:
+        raise ApiError(409, "the job was cancelled", code="job_cancelled", extra={"job_id": job.id})
+
+
+def run_job(kind: str, params: dict, render: Callable[[Job], Response]):
+    """Submit; unless the client asked for async, wait up to the configured time and render the result."""
+    job = submit(kind, params)
+    if wants_async():
+        return accepted(job)
+    job = backend().jobs.wait(job.id, backend().settings.job_wait_seconds)
+    if job.status == SUCCEEDED:
+        return render(job)
+    if job.status in (FAILED, CANCELLED):
+        raise_for_job(job)
+    return accepted(job)

@@ -1,0 +1,357 @@
+"""Persistent jobs: every GPU-bound request runs as one.
+
+queued -> running (progress 0..1 + message) -> succeeded | failed | cancelled. Jobs live in SQLite
+(WAL) so nothing is lost on a crash; one worker thread runs them in order (one GPU); a failing job
+fails alone. At start-up a job found "running" was interrupted by a restart and becomes failed;
+queued jobs run again. The queue sits behind `JobManager` so a Redis engine can replace it later.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from services.errors import Cancelled, ServiceError
+
+log = logging.getLogger("enfoads.jobs")
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = {SUCCEEDED, FAILED, CANCELLED}
+INTERRUPTED = "interrupted by restart"
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    owner: str
+    status: str = QUEUED
+    progress: float = 0.0
+    message: str = ""
+    params: dict = field(default_factory=dict)
+    result: dict | None = None
+    error: dict | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def public(self) -> dict:
+        data = asdict(self)
+        data.pop("params")
+        data.pop("owner")
+        return data
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: int):
+        super().__init__(f"the job queue is full; retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+class JobStore:
+    """SQLite job table. One connection shared under a lock: writes are small and rare."""
+
+    COLUMNS = ("id", "kind", "owner", "status", "progress", "message", "params", "result", "error",
+               "created_at", "started_at", "finished_at")
+    JSON_COLUMNS = {"params", "result", "error"}
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT NOT NULL,"
+            " status TEXT NOT NULL, progress REAL NOT NULL, message TEXT NOT NULL, params TEXT, result TEXT,"
+            " error TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at)")
+
+    def _row_to_job(self, row) -> Job:
+        data = dict(zip(self.COLUMNS, row))
+        for col in self.JSON_COLUMNS:
+            data[col] = json.loads(data[col]) if data[col] is not None else None
+        data["params"] = data["params"] or {}
+        return Job(**data)
+
+    def insert(self, job: Job) -> None:
+        values = [json.dumps(getattr(job, c)) if c in self.JSON_COLUMNS and getattr(job, c) is not None
+                  else getattr(job, c) for c in self.COLUMNS]
+        with self._lock:
+            self._db.execute(f"INSERT INTO jobs ({','.join(self.COLUMNS)}) VALUES ({','.join('?' * len(values))})",
+                             values)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k}=?" for k in fields)
+        values = [json.dumps(v) if k in self.JSON_COLUMNS and v is not None else v for k, v in fields.items()]
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {cols} WHERE id=?", [*values, job_id])
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return self._row_to_job(row) if row else None
+
+    def list(self, *, owner: str | None = None, status: str | None = None, limit: int = 50) -> list[Job]:
+        where, args = [], []
+        if owner:
+            where.append("owner=?")
+            args.append(owner)
+        if status:
+            where.append("status=?")
+            args.append(status)
+        sql = f"SELECT {','.join(self.COLUMNS)} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, [*args, limit]).fetchall()
+        return [self._row_to_job(r) for r in rows]
+
+    def recover(self) -> list[Job]:
+        """Mark jobs left running by a dead process as failed; return queued jobs, oldest first."""
+        now = time.time()
+        error = json.dumps({"kind": "interrupted", "message": INTERRUPTED})
+        with self._lock:
+            self._db.execute("UPDATE jobs SET status=?, message=?, error=?, finished_at=? WHERE status=?",
+                             (FAILED, INTERRUPTED, error, now, RUNNING))
+            rows = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status=? ORDER BY created_at",
+                                    (QUEUED,)).fetchall()
+        return [self._row_to_job(r) for r in rows]
+
+    def integrity_ok(self) -> bool:
+        with self._lock:
+            return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class JobContext:
+    """What a job handler gets: its parameters, an output folder, progress and cancel."""
+
+    def __init__(self, manager: "JobManager", job: Job):
+        self._manager = manager
+        self.job_id = job.id
+        self.params = job.params
+        self.output_dir = manager.outputs_dir / job.id
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self._manager._progress(self.job_id, max(0.0, min(1.0, float(fraction))), message)
+        self.check_cancelled()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job_id in self._manager._cancel_requested
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise Cancelled(f"job {self.job_id} was cancelled")
+
+
+Handler = Callable[[dict, JobContext], dict]
+
+
+class JobManager:
+    PROGRESS_WRITE_INTERVAL = 0.25  # seconds between progress writes to SQLite; events are not throttled
+
+    def __init__(self, store: JobStore, outputs_dir: Path, *, queue_max: int = 32):
+        self.store = store
+        self.outputs_dir = outputs_dir
+        self.queue_max = queue_max
+        self._handlers: dict[str, Handler] = {}
+        self._listeners: list[Callable[[Job], None]] = []
+        self._queue: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._done: dict[str, threading.Event] = {}
+        self._cancel_requested: set[str] = set()
+        self._last_write: dict[str, float] = {}
+        self._durations: deque[float] = deque(maxlen=20)
+        self._orphans: dict[str, str] = {}  # recovered queued job id -> kind not registered yet
+        self._live: dict[str, Job] = {}  # the running job, for progress events without a DB read
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # --- set-up -------------------------------------------------------------------------
+    def register(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+        with self._cond:
+            # Queued jobs recovered before their family registered (start-up order) resume now.
+            waiting = [job_id for job_id, k in self._orphans.items() if k == kind]
+            for job_id in waiting:
+                del self._orphans[job_id]
+                self._done[job_id] = threading.Event()
+                self._queue.append(job_id)
+            if waiting:
+                self._cond.notify_all()
+
+    def add_listener(self, fn: Callable[[Job], None]) -> None:
+        self._listeners.append(fn)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        with self._cond:
+            for job in self.store.recover():
+                if job.kind in self._handlers:
+                    self._queue.append(job.id)
+                    self._done[job.id] = threading.Event()
+                else:
+                    self._orphans[job.id] = job.kind
+        if self._queue or self._orphans:
+            log.info("resuming %d queued job(s) after restart", len(self._queue) + len(self._orphans))
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="enfoads-gpu-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # --- client side ------------------------------------------------------------------------
+    def submit(self, kind: str, params: dict, owner: str) -> Job:
+        if kind not in self._handlers:
+            raise KeyError(f"no handler for job kind {kind!r}")
+        with self._cond:
+            if len(self._queue) >= self.queue_max:
+                raise QueueFull(self._retry_after())
+            job = Job(id=uuid.uuid4().hex, kind=kind, owner=owner, params=params, message="queued")
+            self.store.insert(job)
+            self._done[job.id] = threading.Event()
+            self._queue.append(job.id)
+            self._cond.notify_all()
+        self._emit(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        event = self._done.get(job_id)
+        if event is not None:
+            event.wait(timeout)
+        return self.store.get(job_id)  # type: ignore[return-value]
+
+    def cancel(self, job_id: str) -> Job | None:
+        job = self.store.get(job_id)
+        if job is None or job.status in FINISHED:
+            return job
+        with self._cond:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                queued = True
+            else:
+                queued = False
+                self._cancel_requested.add(job_id)
+        if queued:
+            self._finish(job_id, CANCELLED, message="cancelled before it started")
+        return self.store.get(job_id)
+
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def _retry_after(self) -> int:
+        per_job = sum(self._durations) / len(self._durations) if self._durations else 5.0
+        return max(1, int(per_job * (len(self._queue) + 1) + 0.999))
+
+    # --- worker -------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job_id = self._queue.popleft()
+            try:
+                self._run(job_id)
+            except Exception:  # the worker must outlive any job
+                log.exception("job %s: bookkeeping failed", job_id)
+            finally:
+                self._live.pop(job_id, None)
+
+    def _run(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job is None:
+            return
+        started = time.time()
+        self.store.update(job_id, status=RUNNING, started_at=started, message="running")
+        job.status, job.started_at, job.message = RUNNING, started, "running"
+        self._live[job_id] = job
+        self._emit(job)
+        log.info("job %s (%s) started", job_id[:8], job.kind)
+        ctx = JobContext(self, job)
+        try:
+            result = self._handlers[job.kind](job.params, ctx)
+            if ctx.cancelled:
+                raise Cancelled(job_id)
+        except Cancelled:
+            shutil.rmtree(ctx.output_dir, ignore_errors=True)
+            self._finish(job_id, CANCELLED, message="cancelled")
+        except ServiceError as exc:
+            self._finish(job_id, FAILED, message=exc.message,
+                         error={"kind": exc.kind, "message": exc.message, "param": exc.param, "code": exc.code})
+        except Exception as exc:
+            log.exception("job %s (%s) failed", job_id[:8], job.kind)
+            message = _describe(exc)
+            self._finish(job_id, FAILED, message=message,
+                         error={"kind": getattr(exc, "kind", "internal"), "message": message})
+        else:
+            self._durations.append(time.time() - started)
+            self._finish(job_id, SUCCEEDED, message="done", result=result or {}, progress=1.0)
+
+    def _finish(self, job_id: str, status: str, *, message: str = "", result: dict | None = None,
+                error: dict | None = None, progress: float | None = None) -> None:
+        fields: dict[str, Any] = {"status": status, "message": message or status, "finished_at": time.time()}
+        if result is not None:
+            fields["result"] = result
+        if error is not None:
+            fields["error"] = error
+        if progress is not None:
+            fields["progress"] = progress
+        self.store.update(job_id, **fields)
+        self._cancel_requested.discard(job_id)
+        self._last_write.pop(job_id, None)
+        job = self.store.get(job_id)
+        log.info("job %s %s%s", job_id[:8], status, f": {message}" if status == FAILED else "")
+        if job is not None:
+            self._emit(job)
+        event = self._done.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def _progress(self, job_id: str, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or now - self._last_write.get(job_id, 0.0) >= self.PROGRESS_WRITE_INTERVAL:
+            self.store.update(job_id, progress=fraction, message=message or "running")
+            self._last_write[job_id] = now
+        job = self._live.get(job_id)
+        if job is not None:
+            job.progress, job.message = fraction, message or job.message
+            self._emit(job)
+
+    def _emit(self, job: Job) -> None:
+        for fn in self._listeners:
+            try:
+                fn(job)
+            except Exception:
+                log.exception("job listener failed")
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__

@@ -1,0 +1,77 @@
+"""System routes: health, VRAM monitor, diagnostics, model list, the OpenAPI document."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app
+
+from services import diagnostics
+
+from .. import __version__
+from ..api import build_openapi, doc, ok
+from ..auth import public
+from ..context import backend
+
+bp = Blueprint("system", __name__)
+GB = 1024**3
+
+
+@bp.get("/health")
+@public
+@doc(summary="Liveness: status, version, device, uptime (no key needed)", tags=["system"])
+def health():
+    b = backend()
+    return ok({"status": "ok", "version": __version__, "device": b.settings.resolved_device,
+               "profile": b.settings.profile, "uptime_s": round(time.time() - b.started_at, 1),
+               "queue_length": b.jobs.queue_length()})
+
+
+@bp.get("/vram-monitor")
+@doc(summary="GPU memory and what the offloader holds", tags=["system"])
+def vram_monitor():
+    snap = backend().vram.snapshot()
+    gpu = diagnostics.gpu_info()
+    if gpu.get("cuda_available"):
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory
+        allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        free = torch.cuda.mem_get_info()[0]
+    else:  # CPU: the offloader's bookkeeping against its configured budget
+        total, allocated = snap["budget_bytes"], snap["used_bytes"]
+        reserved, free = allocated, total - allocated
+    loaded = [m["name"] for m in snap["models"] if m["state"] == "gpu"]
+    return ok({
+        "device": snap["device"],
+        "total_gb": round(total / GB, 3),
+        "allocated_gb": round(allocated / GB, 3),
+        "reserved_gb": round(reserved / GB, 3),
+        "free_gb": round(free / GB, 3),
+        "utilization_percent": round(100 * allocated / total, 1) if total else 0.0,
+        "models_loaded": loaded,
+        "offloader": snap,
+    })
+
+
+@bp.get("/diagnostics")
+@doc(summary="Python, torch, CUDA, GPU, packages, ONNX Runtime providers, disk, models present", tags=["system"])
+def diagnostics_route():
+    s = backend().settings
+    data = diagnostics.report(s.data_dir, device=s.resolved_device, dtype=s.dtype_name)
+    data["models"] = backend().models
+    return ok(data)
+
+
+@bp.get("/v1/models")
+@doc(summary="Models this server offers (OpenAI format)", tags=["system"])
+def list_models():
+    created = int(backend().started_at)
+    return ok({"object": "list", "data": [
+        {"id": m["id"], "object": "model", "created": created, "owned_by": "enfoads",
+         "family": m.get("family"), "available": m.get("available", True)} for m in backend().models]})
+
+
+@bp.get("/openapi.json")
+@doc(summary="This document", tags=["system"])
+def openapi():
+    return ok(build_openapi(current_app, title="EnfoadsIA backend", version=__version__))

@@ -1,0 +1,104 @@
+"""Settings: one object, from (highest first) explicit overrides, `ENFOADS_*` environment
+variables, an optional YAML file (`ENFOADS_CONFIG` or `load_settings(config=...)`), defaults."""
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from services import device as device_policy
+
+GB = 1024**3
+_yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("enfoads_yaml", default=None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENFOADS_", extra="ignore")
+
+    profile: Literal["colab", "local", "smoke"] = "local"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    api_key: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = ["*"]  # env: comma-separated
+    max_upload_mb: float = Field(200, gt=0)
+    queue_max: int = Field(32, ge=1, description="queued jobs beyond this answer 429")
+    job_wait_seconds: float = Field(60, ge=0, description="how long a request waits for its job before answering 202")
+    device: str = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    vram_budget_gb: float | None = Field(None, gt=0, description="default: the GPU's total memory; 15 on CPU")
+    vram_reserve_gb: float = Field(1.0, ge=0)
+    host_ram_budget_gb: float = Field(6.0, ge=0, description="CPU RAM for models parked off the GPU")
+    idle_offload_seconds: float = Field(300, ge=0)
+    ngrok_authtoken: SecretStr | None = None
+    public: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v):
+        if isinstance(v, str):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ):
+        yaml_path = _yaml_file.get() or os.environ.get("ENFOADS_CONFIG")
+        sources = [init_settings, env_settings]
+        if yaml_path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    # Derived values: computed, never configured twice.
+    @property
+    def resolved_device(self) -> str:
+        return device_policy.resolve_device(self.device)
+
+    @property
+    def dtype_name(self) -> str:
+        return device_policy.dtype_name(self.resolved_device, self.dtype)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024**2)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "enfoads.db"
+
+
+def load_settings(config: str | Path | None = None, **overrides) -> Settings:
+    if config is not None and not Path(config).is_file():
+        raise FileNotFoundError(f"settings file not found: {config}")
+    token = _yaml_file.set(Path(config) if config else None)
+    try:
+        settings = Settings(**overrides)
+    finally:
+        _yaml_file.reset(token)
+    settings.data_dir = settings.data_dir.expanduser().resolve()
+    return settings

@@ -1,0 +1,45 @@
+"""Where a model's files are on this machine, offline: a local folder under <data>/models/<key>
+(smoke models, pre-placed copies, url/zip downloads) or the Hugging Face cache at the pinned
+revision. Never downloads: a missing model is a clear `ModelUnavailable` naming the command."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.errors import ModelUnavailable
+
+from .manifest import ModelSpec, get, local_dir
+
+
+def prefetch_command(spec: ModelSpec, profile: str) -> str:
+    return "python -m prefetch --smoke" if profile == "smoke" else f"python -m prefetch {spec.family}"
+
+
+def _has_files(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def locate(key: str, data_dir: Path, profile: str) -> Path:
+    spec = get(key)
+    local = local_dir(data_dir, key)
+    if _has_files(local):
+        return local
+    if profile != "smoke" and spec.repo_id:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(spec.repo_id, revision=spec.revision, allow_patterns=list(spec.files) or None,
+                                          local_files_only=True))
+        except Exception:  # LocalEntryNotFoundError and friends: not in the cache
+            pass
+    raise ModelUnavailable(
+        f"model '{key}' ({spec.family}) is not on this machine; run `{prefetch_command(spec, profile)}` "
+        f"(looked in {local}{' and the Hugging Face cache' if profile != 'smoke' and spec.repo_id else ''})",
+        code="model_unavailable")
+
+
+def is_present(key: str, data_dir: Path, profile: str) -> bool:
+    try:
+        locate(key, data_dir, profile)
+    except ModelUnavailable:
+        return False
+    return True

@@ -1,0 +1,68 @@
+import os
+import threading
+import time
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture
+def make_settings(tmp_path):
+    from backend.settings import load_settings
+
+    def make(**overrides):
+        values = dict(profile="smoke", data_dir=tmp_path / "data", api_key=API_KEY, device="cpu", port=0,
+                      job_wait_seconds=10)
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def auth_headers():
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def wait_for():
+    def wait(predicate, timeout=10.0, interval=0.02):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError("condition not met in time")
+
+    return wait
+
+
+@pytest.fixture
+def live_server(make_settings):
+    """A real HTTP server on a free loopback port, stopped after the test."""
+    from backend.server import Server
+
+    servers = []
+
+    def start(settings=None, setup=None):
+        server = Server(settings or make_settings())
+        if setup is not None:
+            setup(server.app)
+        servers.append(server.start())
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+class Gate:
+    """Lets a test hold a fake job handler at a known point."""
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
