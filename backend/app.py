@@ -7,6 +7,7 @@ from flask import Flask
 from flask_cors import CORS
 from flask_socketio import SocketIO
 
+from services.model_env import ModelEnv
 from services.vram import VramOffloader
 
 from . import auth
@@ -19,6 +20,10 @@ from .settings import GB, Settings, load_settings
 from .sockets import install_sockets
 
 log = logging.getLogger("enfoads")
+
+# Each family's web module exposes `install(app, backend)`: it builds its service, registers its
+# job kinds, blueprint, Socket.IO namespaces and /v1/models entries.
+FAMILIES: tuple = ()
 
 CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "Prefer", "ngrok-skip-browser-warning"]
 
@@ -53,7 +58,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     api_key = auth.load_or_create_key(settings.data_dir,
                                       settings.api_key.get_secret_value() if settings.api_key else None)
     jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max)
-    b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=make_offloader(settings), socketio=socketio)
+    vram = make_offloader(settings)
+    model_env = ModelEnv(models_dir=settings.models_dir, profile=settings.profile, device=settings.resolved_device,
+                         dtype=settings.dtype_name, vram=vram, data_dir=settings.data_dir)
+    b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio)
     app.extensions["enfoads"] = b
 
     install_error_handlers(app)
@@ -61,6 +69,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(system_routes.bp)
     app.register_blueprint(job_routes.bp)
     install_sockets(socketio, b)
+    for family in FAMILIES:
+        family.install(app, b)
 
     jobs.start()
     b.vram.start_idle_thread()

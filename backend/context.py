@@ -17,6 +17,7 @@ class Backend:
     api_key: str
     jobs: JobManager
     vram: Any  # services.vram.VramOffloader
+    model_env: Any  # services.model_env.ModelEnv
     socketio: Any
     started_at: float = field(default_factory=time.time)
     models: list[dict] = field(default_factory=list)  # /v1/models entries added by each family

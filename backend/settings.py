@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     data_dir: Path = Path("data")
+    models_dir: Path | None = Field(None, description="local model folders; default <data_dir>/models")
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = ["*"]  # env: comma-separated
     max_upload_mb: float = Field(200, gt=0)
@@ -80,10 +81,6 @@ class Settings(BaseSettings):
         return int(self.max_upload_mb * 1024**2)
 
     @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
     def outputs_dir(self) -> Path:
         return self.data_dir / "outputs"
 
@@ -101,4 +98,5 @@ def load_settings(config: str | Path | None = None, **overrides) -> Settings:
     finally:
         _yaml_file.reset(token)
     settings.data_dir = settings.data_dir.expanduser().resolve()
+    settings.models_dir = (settings.models_dir or settings.data_dir / "models").expanduser().resolve()
     return settings

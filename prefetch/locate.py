@@ -7,7 +7,7 @@ from pathlib import Path
 
 from services.errors import ModelUnavailable
 
-from .manifest import ModelSpec, get, local_dir
+from .manifest import ModelSpec, get
 
 
 def prefetch_command(spec: ModelSpec, profile: str) -> str:
@@ -18,9 +18,9 @@ def _has_files(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def locate(key: str, data_dir: Path, profile: str) -> Path:
+def locate(key: str, models_dir: Path, profile: str) -> Path:
     spec = get(key)
-    local = local_dir(data_dir, key)
+    local = Path(models_dir) / key
     if _has_files(local):
         return local
     if profile != "smoke" and spec.repo_id:
@@ -37,9 +37,9 @@ def locate(key: str, data_dir: Path, profile: str) -> Path:
         code="model_unavailable")
 
 
-def is_present(key: str, data_dir: Path, profile: str) -> bool:
+def is_present(key: str, models_dir: Path, profile: str) -> bool:
     try:
-        locate(key, data_dir, profile)
+        locate(key, models_dir, profile)
     except ModelUnavailable:
         return False
     return True

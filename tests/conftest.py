@@ -66,3 +66,22 @@ class Gate:
     def __init__(self):
         self.entered = threading.Event()
         self.release = threading.Event()
+
+
+@pytest.fixture(scope="session")
+def smoke_models(tmp_path_factory):
+    """Build a family's tiny random-weight models once per test session; returns the models dir."""
+    from prefetch import manifest
+
+    root = tmp_path_factory.mktemp("smoke-models")
+    built: set[str] = set()
+
+    def build(*families):
+        manifest.discover_smoke_builders(families=families)
+        for family in families:
+            if family not in built:
+                manifest.SMOKE_BUILDERS[family](root)
+                built.add(family)
+        return root
+
+    return build
