@@ -78,6 +78,8 @@ class Runtime(str, Enum):
 class VramError(RuntimeError):
     """A model could not be placed on the device; the message is meant for the user."""
 
+    kind = "unavailable"  # reported like services.errors.ModelUnavailable (HTTP 503)
+
 
 class ModelTooLarge(VramError):
     """The model does not fit, even after evicting every model that may be evicted."""
