@@ -1,0 +1,161 @@
+"""Media in and out, shared by every family: probing and decoding audio/video with PyAV,
+encoding audio, decoding images safely. Errors are ServiceErrors a user can act on."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInput, TooLarge, UnsupportedMedia
+
+AUDIO_FORMATS = {  # name -> (container, codec, mime type)
+    "wav": ("wav", "pcm_s16le", "audio/wav"),
+    "mp3": ("mp3", "libmp3lame", "audio/mpeg"),
+    "opus": ("ogg", "libopus", "audio/ogg"),
+    "flac": ("flac", "flac", "audio/flac"),
+    "pcm": (None, None, "audio/pcm"),  # raw 16-bit little-endian mono, no header
+}
+IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration: float  # seconds (0.0 when the container does not say)
+    has_audio: bool
+    has_video: bool
+    width: int | None = None
+    height: int | None = None
+    fps: Fraction | None = None
+    frames: int | None = None
+    audio_rate: int | None = None
+    audio_channels: int | None = None
+
+
+def _open(path: Path):
+    import av
+
+    if not Path(path).exists() or Path(path).stat().st_size == 0:
+        raise InvalidInput("the file is empty", param="file", code="empty_file")
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError:
+        raise UnsupportedMedia("the file is not audio or video that can be decoded", param="file",
+                               code="unsupported_media") from None
+
+
+def probe(path: Path) -> MediaInfo:
+    with _open(path) as container:
+        audio = container.streams.audio[0] if container.streams.audio else None
+        video = container.streams.video[0] if container.streams.video else None
+        if audio is None and video is None:
+            raise UnsupportedMedia("the file has neither an audio nor a video stream", param="file",
+                                   code="no_streams")
+        duration = container.duration / 1_000_000 if container.duration else 0.0
+        if not duration:
+            for stream in (audio, video):
+                if stream is not None and stream.duration and stream.time_base:
+                    duration = max(duration, float(stream.duration * stream.time_base))
+        return MediaInfo(
+            duration=float(duration),
+            has_audio=audio is not None,
+            has_video=video is not None,
+            width=video.codec_context.width if video else None,
+            height=video.codec_context.height if video else None,
+            fps=video.average_rate if video else None,
+            frames=video.frames or None if video else None,
+            audio_rate=audio.codec_context.sample_rate if audio else None,
+            audio_channels=audio.codec_context.channels if audio else None,
+        )
+
+
+def decode_audio(path: Path, sample_rate: int = 16000, *, max_seconds: float | None = None) -> np.ndarray:
+    """The first audio stream as mono float32 in [-1, 1] at `sample_rate`."""
+    import av
+
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise InvalidInput("the file has no audio stream", param="file", code="no_audio")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        total = 0
+        limit = int(max_seconds * sample_rate) if max_seconds else None
+        try:
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    chunks.append(chunk)
+                    total += chunk.size
+                if limit is not None and total > limit:
+                    raise TooLarge(f"the audio is longer than the {max_seconds:g} s limit", param="file",
+                                   code="too_long")
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as exc:
+            raise InvalidInput(f"the audio could not be decoded: {exc}", param="file", code="bad_audio") from None
+    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return np.clip(audio, -1.0, 1.0)
+
+
+def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    """Mono float samples in [-1, 1] -> bytes in `fmt` (wav, mp3, opus, flac or raw pcm)."""
+    import av
+
+    if fmt not in AUDIO_FORMATS:
+        raise InvalidInput(f"unsupported audio format {fmt!r}; use one of {', '.join(AUDIO_FORMATS)}",
+                           param="response_format")
+    pcm = (np.clip(np.asarray(samples, np.float32).reshape(-1), -1, 1) * 32767).astype("<i2")
+    if fmt == "pcm":
+        return pcm.tobytes()
+    container_name, codec, _ = AUDIO_FORMATS[fmt]
+    rate = 48000 if fmt == "opus" and sample_rate not in (8000, 12000, 16000, 24000, 48000) else sample_rate
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container_name) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = sample_rate
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=rate)
+        for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
+            for packet in stream.encode(resampled):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def audio_mime(fmt: str) -> str:
+    return AUDIO_FORMATS[fmt][2]
+
+
+def load_image(data: bytes, *, max_pixels: int, param: str = "image"):
+    """Decode image bytes to RGB, refusing non-images (400) and oversized ones before decoding (413)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidInput("the image is empty", param=param, code="empty_file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size  # read from the header: no pixels decoded yet
+        if width * height > max_pixels:
+            raise TooLarge(f"the image is {width}x{height}; the limit is {max_pixels:,} pixels", param=param,
+                           code="image_too_large")
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"not a readable image: {exc}", param=param, code="invalid_image") from None
+    return img.convert("RGB")
+
+
+def encode_image(img, fmt: str, *, quality: int = 92) -> bytes:
+    if fmt not in IMAGE_FORMATS:
+        raise InvalidInput(f"unsupported image format {fmt!r}; use one of {', '.join(IMAGE_FORMATS)}",
+                           param="output_format")
+    buf = io.BytesIO()
+    pil_format = IMAGE_FORMATS[fmt][0]
+    img.save(buf, format=pil_format, **({"quality": quality} if pil_format in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()
+
+
+def image_mime(fmt: str) -> str:
+    return IMAGE_FORMATS[fmt][1]
