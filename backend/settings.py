@@ -45,6 +45,25 @@ class Settings(BaseSettings):
     public: bool = False
     log_level: str = "INFO"
 
+    # --- face ---
+    face_det_size: int = Field(640, ge=64, le=2048, multiple_of=32,
+                               description="side of the square the face detector runs at (640 = 640x640)")
+    face_det_thresh: float = Field(0.5, gt=0, lt=1, description="face detection score threshold")
+    face_max_image_pixels: int = Field(40_000_000, ge=1, description="larger images answer 413 before decoding")
+    face_video_max_seconds: float = Field(120, gt=0, description="longer target videos answer 413")
+    face_video_max_pixels: int = Field(1920 * 1088, ge=1, description="largest video frame (width x height)")
+    face_execution_provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="ONNX Runtime provider: auto = CUDA when the device is a GPU, else CPU")
+    face_allow_cpu_fallback: bool = Field(
+        False, description="run on CPU when the CUDA provider fails to start (reported), instead of answering 503")
+    face_inswapper_path: Path | None = Field(None, description="a local inswapper_128.onnx (overrides the hub)")
+    face_inswapper_repo: str = Field("ezioruan/inswapper_128.onnx", description="hub repo holding inswapper")
+    face_inswapper_filename: str = "inswapper_128.onnx"
+    face_inswapper_revision: str = "main"
+    face_inswapper_sha256: str | None = Field(
+        None, description="expected sha256 of inswapper; default: the published hash (none for smoke "
+                          "models); an empty string turns the check off")
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, v):

@@ -1,0 +1,269 @@
+"""Face routes: /faces/detect, /face-swap (images) and /face-swap/video, each run as a job."""
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Literal
+
+from flask import Blueprint, Response, request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from werkzeug.utils import safe_join
+
+from services.face import INSWAPPER, PACK, FaceConfig, FaceService
+from services.face.video import check_video, swap_video
+from services.media import image_mime
+
+from ..api import doc, form_params, json_body, ok
+from ..context import backend
+from ..errors import ApiError
+from ..job_http import current_owner, run_job
+from ..uploads import save_upload
+
+bp = Blueprint("face", __name__)
+TAGS = ["face"]
+_ASSET = re.compile(r"^([0-9a-f]{32})/([\w][\w.-]{0,200})$")
+_SERVICE_KEY = "enfoads.face"
+
+ERRORS = {400: "bad parameter, unreadable image or face index out of range", 413: "image or video too large",
+          415: "not a video", 422: "no face found", 503: "face models not available (the message says how to "
+          "get them) or the CUDA provider failed to start"}
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DetectOptions(_Options):
+    image: str | None = Field(None, description="JSON only: the image as base64 or a data: URL "
+                                                "(multipart: a file field named `image`)")
+    image_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
+    embedding: bool = Field(False, description="add each face's 512-value normalised ArcFace embedding")
+    landmarks: bool = Field(False, description="add the 106 2D and 68 3D landmarks and the head pose")
+
+
+def _indices(value):
+    """`target_indices` as a list, a comma-separated string ("0,2") or repeated form fields."""
+    if value is None or value == "" or value == "all":
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if isinstance(value, list):
+        out = []
+        for v in value:
+            if isinstance(v, str) and "," in v:
+                out += [p for p in v.split(",") if p.strip()]
+            else:
+                out.append(v)
+        return out
+    return value
+
+
+class SwapOptions(_Options):
+    source: str | None = Field(None, description="JSON only: the image with the face to use, base64 or data: URL")
+    target: str | None = Field(None, description="JSON only: the image whose faces are replaced, base64")
+    source_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
+    target_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
+    source_index: int = Field(0, ge=0, le=1000, description="which face of the source (left to right)")
+    target_indices: list[int] | None = Field(None, description="faces of the target to replace (left to right, "
+                                             "from 0); default: all. Multipart: `0,2` or repeated fields")
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    quality: int = Field(92, ge=1, le=100, description="jpeg/webp quality")
+    response_format: Literal["image", "b64_json", "url"] = Field(
+        "image", description="image: the file itself; b64_json: JSON with base64; url: JSON with a download path")
+
+    @field_validator("target_indices", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return _indices(value)
+
+
+class VideoSwapOptions(_Options):
+    source: str | None = Field(None, description="JSON only: the image with the face to use, base64")
+    target: str | None = Field(None, description="JSON only: the target video, base64")
+    source_asset: str | None = None
+    target_asset: str | None = None
+    source_index: int = Field(0, ge=0, le=1000)
+    target_indices: list[int] | None = Field(None, description="faces to replace in each frame (left to right); "
+                                             "default: all; an index a frame does not have is skipped there")
+
+    @field_validator("target_indices", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return _indices(value)
+
+
+# --------------------------------------------------------------------------- request helpers
+
+def _service() -> FaceService:
+    from flask import current_app
+
+    return current_app.extensions[_SERVICE_KEY]
+
+
+def _is_json() -> bool:
+    return request.mimetype == "application/json"
+
+
+def _options(model: type[BaseModel]):
+    return json_body(model) if _is_json() else form_params(model)
+
+
+def _asset(field: str, value: str) -> Path:
+    param = f"{field}_asset"
+    match = _ASSET.match(value.strip())
+    job = backend().jobs.get(match.group(1)) if match else None
+    if job is None or job.owner != current_owner():
+        raise ApiError(404 if match else 400, f"{param}: no output '{value}' among your jobs "
+                       "(expected `<job_id>/<file name>`)", param=param, code="asset_not_found")
+    path = safe_join(str(backend().settings.outputs_dir / job.id), match.group(2))
+    if path is None or not Path(path).is_file():
+        raise ApiError(404, f"{param}: job {job.id} has no file '{match.group(2)}'", param=param,
+                       code="asset_not_found")
+    return Path(path)
+
+
+def _input(field: str, opts: BaseModel, uploads: list[str]) -> Path:
+    """The file for `field`: a multipart upload, base64 in JSON, or one of the caller's job outputs."""
+    body = opts.model_dump() if _is_json() else None
+    path = save_upload(field, json_body=body, required=False)
+    if path is not None:
+        uploads.append(str(path))
+        return path
+    asset = getattr(opts, f"{field}_asset", None)
+    if asset:
+        return _asset(field, asset)
+    raise ApiError(400, f"{field}: a file is required (multipart field '{field}', base64 in JSON, or "
+                   f"{field}_asset)", param=field, code="missing_file")
+
+
+def _submit(kind: str, params: dict, uploads: list[str], render):
+    try:
+        return run_job(kind, {**params, "uploads": uploads}, render)
+    except ApiError as exc:
+        if exc.extra.get("job_id") is None:  # never queued (e.g. 429): the handler won't clean up
+            _cleanup(uploads)
+        raise
+
+
+def _cleanup(paths: list[str]) -> None:
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- routes
+
+@bp.post("/faces/detect")
+@doc(summary="Detect faces: box, score, 5 landmarks, age, gender (embedding on request), left to right",
+     tags=TAGS, form=DetectOptions, responses=ERRORS)
+def detect():
+    opts = _options(DetectOptions)
+    uploads: list[str] = []
+    image = _input("image", opts, uploads)
+    params = {"image": str(image), "embedding": opts.embedding, "landmarks": opts.landmarks}
+    return _submit("face.detect", params, uploads, lambda job: ok({"job_id": job.id, **job.result}))
+
+
+@bp.post("/face-swap")
+@doc(summary="Put the source image's face on the target image's faces (all, or those chosen by index)",
+     tags=TAGS, form=SwapOptions, responses=ERRORS, content_type="image/png")
+def face_swap():
+    opts = _options(SwapOptions)
+    uploads: list[str] = []
+    source = _input("source", opts, uploads)
+    target = _input("target", opts, uploads)
+    params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
+              "target_indices": opts.target_indices, "output_format": opts.output_format, "quality": opts.quality}
+
+    def render(job):
+        result = job.result
+        url = f"/jobs/{job.id}/files/{result['file']}"
+        if opts.response_format == "image":
+            data = (backend().settings.outputs_dir / job.id / result["file"]).read_bytes()
+            return Response(data, mimetype=image_mime(result["format"]), headers={
+                "X-Job-Id": job.id, "X-Faces-Found": str(result["faces_found"]),
+                "X-Faces-Swapped": ",".join(map(str, result["faces_swapped"])),
+                "X-Onnx-Providers": ";".join(f"{k}={'+'.join(v or [])}" for k, v in result["providers"].items()),
+                "Content-Location": url})
+        payload = {"job_id": job.id, "url": url, **result}
+        if opts.response_format == "b64_json":
+            data = (backend().settings.outputs_dir / job.id / result["file"]).read_bytes()
+            payload["b64_json"] = base64.b64encode(data).decode()
+        return ok(payload)
+
+    return _submit("face.swap", params, uploads, render)
+
+
+@bp.post("/face-swap/video")
+@doc(summary="Swap faces in a video (a job: per-frame progress, cancel; audio and frame rate kept)",
+     tags=TAGS, form=VideoSwapOptions, responses=ERRORS)
+def face_swap_video():
+    opts = _options(VideoSwapOptions)
+    uploads: list[str] = []
+    source = _input("source", opts, uploads)
+    target = _input("target", opts, uploads)
+    try:
+        check_video(target, _service().cfg)  # refuse before queueing what cannot be processed
+    except Exception:
+        _cleanup(uploads)
+        raise
+    params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
+              "target_indices": opts.target_indices}
+    return _submit("face.swap_video", params, uploads, lambda job: ok(
+        {"job_id": job.id, "url": f"/jobs/{job.id}/files/{job.result['file']}", **job.result}))
+
+
+# --------------------------------------------------------------------------- jobs
+
+def _handlers(service: FaceService):
+    def detect_job(params: dict, ctx) -> dict:
+        try:
+            return service.detect(Path(params["image"]), embedding=params["embedding"], landmarks=params["landmarks"])
+        finally:
+            _cleanup(params.get("uploads", []))
+
+    def swap_job(params: dict, ctx) -> dict:
+        try:
+            out = ctx.output_dir / f"swap.{'jpg' if params['output_format'] == 'jpeg' else params['output_format']}"
+            return service.swap_image(Path(params["source"]), Path(params["target"]), out,
+                                      source_index=params["source_index"], target_indices=params["target_indices"],
+                                      fmt=params["output_format"], quality=params["quality"])
+        finally:
+            _cleanup(params.get("uploads", []))
+
+    def video_job(params: dict, ctx) -> dict:
+        try:
+            return swap_video(service, Path(params["source"]), Path(params["target"]), ctx.output_dir / "swap.mp4",
+                              source_index=params["source_index"], target_indices=params["target_indices"],
+                              progress=ctx.progress)
+        finally:
+            _cleanup(params.get("uploads", []))
+
+    return {"face.detect": detect_job, "face.swap": swap_job, "face.swap_video": video_job}
+
+
+def face_config(settings, models_dir: Path, profile: str, device: str) -> FaceConfig:
+    return FaceConfig(
+        models_dir=models_dir, profile=profile, device=device, det_size=settings.face_det_size,
+        det_thresh=settings.face_det_thresh, execution_provider=settings.face_execution_provider,
+        allow_cpu_fallback=settings.face_allow_cpu_fallback, inswapper_path=settings.face_inswapper_path,
+        inswapper_repo=settings.face_inswapper_repo, inswapper_filename=settings.face_inswapper_filename,
+        inswapper_revision=settings.face_inswapper_revision, inswapper_sha256=settings.face_inswapper_sha256,
+        max_image_pixels=settings.face_max_image_pixels, video_max_seconds=settings.face_video_max_seconds,
+        video_max_pixels=settings.face_video_max_pixels)
+
+
+def install(app, b) -> None:
+    env = b.model_env
+    service = FaceService(env, face_config(b.settings, env.models_dir, env.profile, env.device))
+    service.register()
+    app.extensions[_SERVICE_KEY] = service
+    for kind, handler in _handlers(service).items():
+        b.jobs.register(kind, handler)
+    app.register_blueprint(bp)
+    # The `onnx` dicts are filled in place when each model loads: /diagnostics shows the providers
+    # that really run.
+    b.models.append({"id": PACK, "family": "face", "available": service.pack_available(),
+                     "onnx": service.runtime[PACK]})
+    b.models.append({"id": INSWAPPER, "family": "face", "available": service.swapper_available(),
+                     "onnx": service.runtime[INSWAPPER]})
