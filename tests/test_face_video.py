@@ -1,0 +1,132 @@
+"""Face swap on video through HTTP: frames, rate and audio kept, per-frame progress, cancel, limits."""
+import pytest
+import requests
+import socketio
+
+from services import media
+from tests import face_media as fm
+from tests.conftest import API_KEY
+
+H = {"Authorization": f"Bearer {API_KEY}"}
+SOURCE = fm.png(faces=[(16, 16)])
+
+
+@pytest.fixture(scope="session")
+def face_models_dir(smoke_models):
+    return smoke_models("face")
+
+
+@pytest.fixture
+def server(live_server, make_settings, face_models_dir):
+    return live_server(make_settings(models_dir=face_models_dir, face_det_size=256, face_video_max_seconds=10))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return fm.video(tmp_path_factory.mktemp("video") / "clip.mp4", frames=12, fps=12)
+
+
+def post_video(server, target: bytes, name="clip.mp4", source=SOURCE, headers=None, **data):
+    return requests.post(f"{server.url}/face-swap/video", files={"source": ("s.png", source), "target": (name, target)},
+                         data=data, headers={**H, **(headers or {})}, timeout=120)
+
+
+def get(server, path):
+    return requests.get(f"{server.url}{path}", headers=H, timeout=30)
+
+
+def test_video_swap_keeps_frames_rate_and_audio_with_per_frame_progress(server, clip, tmp_path, wait_for):
+    events = []
+    sio = socketio.Client()
+    sio.on("job", lambda data: events.append(data), namespace="/jobs")
+    sio.connect(server.url, namespaces=["/jobs"], auth={"token": API_KEY}, wait_timeout=10)
+    try:
+        r = post_video(server, clip.read_bytes())
+        assert r.status_code == 200, r.text
+        body = r.json()
+        wait_for(lambda: any(e["id"] == body["job_id"] and e["status"] == "succeeded" for e in events))
+    finally:
+        sio.disconnect()
+    assert body["frames"] == 12 and body["frames_with_faces"] == 12 and body["audio"] == "copied"
+    assert body["providers"]["inswapper_128"] == ["CPUExecutionProvider"]
+    out = tmp_path / "out.mp4"
+    out.write_bytes(get(server, body["url"]).content)
+    before, after = media.probe(clip), media.probe(out)
+    assert after.has_audio and after.audio_rate == before.audio_rate
+    assert after.fps == before.fps == 12
+    assert (after.width, after.height) == (before.width, before.height)
+    assert _count_frames(out) == _count_frames(clip) == 12
+    assert after.duration == pytest.approx(before.duration, abs=0.1)
+    messages = [e["message"] for e in events if e["id"] == body["job_id"] and e["status"] == "running"]
+    assert [f"frame {i}/12" for i in range(1, 13)] == [m for m in messages if m.startswith("frame")]
+
+
+def _count_frames(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_video_frames_change_only_around_the_face(server, clip, tmp_path):
+    import av
+
+    body = post_video(server, clip.read_bytes()).json()
+    out = tmp_path / "out.mp4"
+    out.write_bytes(get(server, body["url"]).content)
+    with av.open(str(clip)) as a, av.open(str(out)) as b:
+        first_in = next(a.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+        first_out = next(b.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    diff = abs(first_in - first_out).mean(axis=2)
+    # Frame 0 has its face at (16, 16); H.264 blurs edges a little, paste-back touches nothing far away.
+    assert diff[36:92, 36:92].mean() > 10
+    assert diff[:, 150:].mean() < 3
+
+
+def test_video_without_audio_and_silent_index_choice(server, tmp_path):
+    clip = fm.video(tmp_path / "mute.mp4", frames=4, audio=False)
+    r = post_video(server, clip.read_bytes(), target_indices="3")
+    assert r.status_code == 422  # no frame has a 4th face: nothing swapped anywhere
+    r = post_video(server, clip.read_bytes(), target_indices="0")
+    assert r.status_code == 200 and r.json()["audio"] is None and r.json()["frames"] == 4
+
+
+def test_cancel_a_running_video_job(server, tmp_path, wait_for):
+    clip = fm.video(tmp_path / "long.mp4", frames=90, fps=30)
+    r = post_video(server, clip.read_bytes(), headers={"Prefer": "respond-async"})
+    assert r.status_code == 202
+    job_id = r.json()["job_id"]
+    wait_for(lambda: get(server, f"/jobs/{job_id}").json()["progress"] > 0, timeout=60)
+    assert requests.delete(f"{server.url}/jobs/{job_id}", headers=H, timeout=10).status_code in (200, 202)
+    job = wait_for(lambda: (j := get(server, f"/jobs/{job_id}").json())["status"] in ("cancelled", "succeeded") and j,
+                   timeout=60)
+    assert job["status"] == "cancelled" and job["progress"] < 1
+    assert not (server.settings.outputs_dir / job_id).exists()
+
+
+def test_audio_only_file_is_400(server, tmp_path):
+    r = post_video(server, fm.wav(tmp_path / "a.wav").read_bytes(), name="a.wav")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "target"
+    assert "no video stream" in r.json()["error"]["message"]
+
+
+def test_not_media_is_415(server):
+    r = post_video(server, b"\x00garbage" * 100, name="x.mp4")
+    assert r.status_code == 415 and r.json()["error"]["param"] == "target"
+
+
+def test_over_the_duration_limit_is_413(live_server, make_settings, face_models_dir, clip):
+    server = live_server(make_settings(models_dir=face_models_dir, face_det_size=256, face_video_max_seconds=0.5))
+    r = post_video(server, clip.read_bytes())
+    assert r.status_code == 413 and "limit is 0.5 s" in r.json()["error"]["message"]
+
+
+def test_over_the_resolution_limit_is_413(live_server, make_settings, face_models_dir, clip):
+    server = live_server(make_settings(models_dir=face_models_dir, face_video_max_pixels=100 * 100))
+    r = post_video(server, clip.read_bytes())
+    assert r.status_code == 413 and "256x160" in r.json()["error"]["message"]
+
+
+def test_no_face_in_source_is_422_before_any_frame(server, clip):
+    r = post_video(server, clip.read_bytes(), source=fm.png())
+    assert r.status_code == 422 and r.json()["error"]["message"] == "no face found in source image"
