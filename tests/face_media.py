@@ -55,14 +55,16 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 def video(path: Path, *, frames: int = 12, fps: int = 12, width: int = 256, height: int = 160,
-          audio: bool = True, faces_in=lambda i: [(16 + 32 * (i % 3), 16)], audio_rate: int = 16000) -> Path:
-    """H.264 MP4 (with an AAC tone when `audio`), one white-square face per frame by default."""
+          audio: bool = True, faces_in=lambda i: [(16 + 32 * (i % 3), 16)], audio_rate: int = 16000,
+          audio_codec: str = "aac") -> Path:
+    """H.264 video (MP4, or as the suffix says) with a tone when `audio`, one white-square face per
+    frame by default."""
     import av
 
     with av.open(str(path), "w") as out:
         v = out.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
-        a = out.add_stream("aac", rate=audio_rate, layout="mono") if audio else None
+        a = out.add_stream(audio_codec, rate=audio_rate, layout="mono") if audio else None
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(canvas(width, height, faces_in(i)), format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)

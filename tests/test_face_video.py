@@ -91,6 +91,18 @@ def test_video_without_audio_and_silent_index_choice(server, tmp_path):
     assert r.status_code == 200 and r.json()["audio"] is None and r.json()["frames"] == 4
 
 
+def test_audio_that_mp4_cannot_carry_is_reencoded_to_aac(server, tmp_path):
+    clip = fm.video(tmp_path / "clip.mkv", frames=6, audio_codec="pcm_s16le")
+    r = post_video(server, clip.read_bytes(), name="clip.mkv")
+    assert r.status_code == 200, r.text
+    assert r.json()["audio"] == "aac" and r.json()["frames"] == 6
+    out = tmp_path / "out.mp4"
+    out.write_bytes(get(server, r.json()["url"]).content)
+    info = media.probe(out)
+    assert info.has_audio and info.audio_rate == 16000 and _count_frames(out) == 6
+    assert info.duration == pytest.approx(media.probe(clip).duration, abs=0.15)
+
+
 def test_cancel_a_running_video_job(server, tmp_path, wait_for):
     clip = fm.video(tmp_path / "long.mp4", frames=90, fps=30)
     r = post_video(server, clip.read_bytes(), headers={"Prefer": "respond-async"})

@@ -45,16 +45,15 @@ def _add_audio(out, in_audio):
     if name in MP4_AUDIO_COPY:
         return out.add_stream_from_template(in_audio), True
     rate = in_audio.codec_context.sample_rate or 48000
-    stream = out.add_stream("aac", rate=rate, layout=in_audio.codec_context.layout.name or "stereo")
+    # Raw PCM often has no channel layout ("1 channels"), which the AAC encoder refuses.
+    layout = "mono" if in_audio.codec_context.channels == 1 else "stereo"
+    stream = out.add_stream("aac", rate=rate, layout=layout)
     return stream, False
 
 
 def swap_video(service: FaceService, source: Path, target: Path, out_path: Path, *, source_index: int = 0,
                target_indices: list[int] | None = None, progress: Progress | None = None) -> dict:
-    import av
-
-    cfg = service.cfg
-    info = check_video(target, cfg)
+    info = check_video(target, service.cfg)
     src = service.read(source, "source")
     vram = service.env.vram
     out_path.parent.mkdir(parents=True, exist_ok=True)
