@@ -198,3 +198,21 @@ def test_uploads_are_deleted_after_the_job(server, face_settings):
     swap(server, fm.png(faces=[LEFT]), fm.png(faces=[LEFT]))
     uploads = server.settings.data_dir / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_exif_orientation_is_applied(server):
+    """Phone photos store pixels sideways with an EXIF tag; faces are found on the upright picture."""
+    import io
+
+    from PIL import Image
+
+    upright = fm.canvas(128, 256, [(16, 144)])
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))  # as the camera wrote it
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    r = post(server, "/faces/detect", files={"image": ("phone.jpg", buf.getvalue())})
+    body = r.json()
+    assert (body["width"], body["height"]) == (128, 256)
+    assert body["count"] == 1 and body["faces"][0]["box"] == pytest.approx([16, 144, 112, 240], abs=3)

@@ -26,17 +26,28 @@ DETECT_TASKS = frozenset({"recognition", "genderage", "landmark_2d_106", "landma
 
 def read_image(path: Path, *, max_pixels: int, param: str) -> np.ndarray:
     """An image file as a BGR uint8 array (insightface's convention), upright per its EXIF tag."""
+    import cv2
     from PIL import ImageOps
 
     img = media.load_image(Path(path).read_bytes(), max_pixels=max_pixels, param=param)
-    img = ImageOps.exif_transpose(img)
-    return np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+    if img.getexif().get(0x0112, 1) != 1:  # phone photos: pixels stored sideways, an EXIF tag says so
+        img = ImageOps.exif_transpose(img)
+    return cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR)
 
 
+# OpenCV encodes straight from insightface's BGR arrays, and its default PNG compression (level 1)
+# is several times faster than Pillow's (6), for files ~10% larger.
 def encode_bgr(img: np.ndarray, fmt: str, quality: int = 92) -> bytes:
-    from PIL import Image
+    import cv2
 
-    return media.encode_image(Image.fromarray(np.ascontiguousarray(img[:, :, ::-1])), fmt, quality=quality)
+    params = {"png": [], "jpeg": [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
+              "webp": [cv2.IMWRITE_WEBP_QUALITY, int(quality)]}
+    if fmt not in params:
+        raise InvalidInput(f"unsupported image format {fmt!r}; use one of {', '.join(params)}", param="output_format")
+    ok, buf = cv2.imencode(f".{fmt}", img, params[fmt])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {img.shape} image as {fmt}")
+    return buf.tobytes()
 
 
 def analyze(pack, img: np.ndarray, tasks: Iterable[str] = ()) -> list:
