@@ -263,7 +263,7 @@ _SPECS: list[ModelSpec] = [
         runtime="onnx",
         note="InsightFace's pretrained models are for non-commercial research only. "
         "InsightFace's own release zip (FaceAnalysis downloads the same file); extract into "
-        "<root>/models/buffalo_l/. A hub mirror exists at public-data/insightface "
+        "<models_dir>/buffalo_l/models/buffalo_l/ (FaceAnalysis root=<models_dir>/buffalo_l). A hub mirror exists at public-data/insightface "
         "(models/buffalo_l/*), unpinned",
     ),
     ModelSpec(
@@ -284,7 +284,9 @@ _SPECS: list[ModelSpec] = [
         vram_bytes={"fp32": 1_000 * MB},
         license="non-commercial (InsightFace models)",
         runtime="onnx",
-        note="non-commercial research only; load with insightface.model_zoo.get_model; keep it OUT of the buffalo_l folder",
+        note="non-commercial research only; load with insightface.model_zoo.get_model; keep it OUT of the buffalo_l "
+        "folder. Location from settings: ENFOADS_FACE_INSWAPPER_PATH, else <models_dir>/inswapper_128/, else the "
+        "hub cache of ENFOADS_FACE_INSWAPPER_REPO/_FILENAME/_REVISION; sha256 checked (ENFOADS_FACE_INSWAPPER_SHA256)",
     ),
     # ---- tts: Chatterbox (Resemble AI) and Kyutai DSM TTS (moshi)
     ModelSpec(

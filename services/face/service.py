@@ -19,9 +19,8 @@ from .models import INSWAPPER, PACK, FaceConfig
 
 log = logging.getLogger("enfoads.face")
 
-# What each kind of work needs from the pack besides the detector (which always runs).
+# A swap needs the source face's embedding; the target's faces need only the detector's keypoints.
 SWAP_SOURCE_TASKS = frozenset({"recognition"})
-DETECT_TASKS = frozenset({"recognition", "genderage", "landmark_2d_106", "landmark_3d_68"})
 
 
 def read_image(path: Path, *, max_pixels: int, param: str) -> np.ndarray:
