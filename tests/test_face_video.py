@@ -104,7 +104,7 @@ def test_audio_that_mp4_cannot_carry_is_reencoded_to_aac(server, tmp_path):
 
 
 def test_cancel_a_running_video_job(server, tmp_path, wait_for):
-    clip = fm.video(tmp_path / "long.mp4", frames=90, fps=30)
+    clip = fm.video(tmp_path / "long.mp4", frames=150, fps=30)
     r = post_video(server, clip.read_bytes(), headers={"Prefer": "respond-async"})
     assert r.status_code == 202
     job_id = r.json()["job_id"]
