@@ -34,10 +34,10 @@ def silence_wav(path: Path, seconds: float = 3.0) -> Path:
     return path
 
 
-def video_with_audio(audio: Path, path: Path, size: str = "320x240") -> Path:
+def video_with_audio(audio: Path, path: Path, size: str = "320x240", pix_fmt: str = "yuv420p") -> Path:
     """A gray h264 video as long as `audio`, with `audio` as AAC."""
     ffmpeg("-f", "lavfi", "-i", f"color=c=0x808080:s={size}:r=25", "-i", str(audio), "-shortest",
-           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", str(path))
+           "-c:v", "libx264", "-pix_fmt", pix_fmt, "-c:a", "aac", "-b:a", "128k", str(path))
     return path
 
 

@@ -71,7 +71,8 @@ def cues_from_segments(segments: list[dict], *, max_line_chars: int = DEFAULT_MA
         t = start
         for i, (g, w) in enumerate(zip(groups, weights)):
             t_end = end if i == len(groups) - 1 else t + (end - start) * w / total
-            cues.append(Cue(round(t, 3), round(t_end, 3), tuple(g)))
+            if round(t_end, 3) > round(t, 3):  # libass stops rendering a file that has empty events
+                cues.append(Cue(round(t, 3), round(t_end, 3), tuple(g)))
             t = t_end
     return cues
 

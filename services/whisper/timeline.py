@@ -3,9 +3,12 @@
 Whisper's timestamps come from predicted tokens: they can run past the end of the audio (the last
 30-s window is padded), overlap the previous segment, or end before they start. Everything that
 leaves the service goes through `normalize`: times clamped to [0, duration], non-decreasing,
-segments not overlapping, words inside their segment.
+segments not overlapping, words inside their segment. A segment that starts at or after the end
+of the audio is text the model invented past it, and is dropped.
 """
 from __future__ import annotations
+
+import math
 
 
 def _ms(x: float) -> float:
@@ -14,10 +17,12 @@ def _ms(x: float) -> float:
 
 def normalize(segments: list[dict], duration: float) -> list[dict]:
     """Segments (dicts with start, end, text and optional words) with clamped, monotonic times."""
-    duration = max(0.0, float(duration))
+    duration = math.floor(max(0.0, float(duration)) * 1000) / 1000  # rounding must not pass the end
     out: list[dict] = []
     cursor = 0.0
     for seg in segments:
+        if float(seg["start"]) >= duration:
+            break
         start = min(max(float(seg["start"]), cursor), duration)
         end = min(max(float(seg["end"]), start), duration)
         fixed = dict(seg, start=_ms(start), end=_ms(end))
