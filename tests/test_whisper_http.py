@@ -140,6 +140,8 @@ def test_bad_inputs(server, media_dir, tmp_path):
     assert err["param"] == "timestamp_granularities"
     assert error(post(server, "/transcribe", media_dir / "speech.wav", data={"temperature": "3"}), 400)["param"] \
         == "temperature"
+    assert error(post(server, "/transcribe", media_dir / "speech.wav", data={"prompt": "palabra " * 200}), 400)[
+        "param"] == "prompt"
     assert error(post(server, "/transcribe"), 400)["param"] == "file"
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from flask import Blueprint, Response, current_app, request, send_file, url_for
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 
 from services import media
 from services.whisper import OPENAI_MODEL, SIZES, WhisperService, render
@@ -59,7 +59,8 @@ class TranscribeRequest(BaseModel):
     task: Literal["transcribe", "translate"] = Field("transcribe", description="translate: into English")
     vad_filter: bool = Field(True, description="skip non-speech with Silero VAD (no text invented on silence)")
     word_timestamps: bool = False
-    initial_prompt: str | None = Field(None, description="text that sets style and vocabulary")
+    initial_prompt: str | None = Field(None, validation_alias=AliasChoices("initial_prompt", "prompt"),
+                                       description="text that sets style and vocabulary (or `prompt`)")
     temperature: float | None = Field(None, ge=0, le=1, description="omitted: automatic fallback 0..1")
     beam_size: int | None = Field(None, ge=1, le=10, description="default: the server's (5)")
     response_format: str = Field("verbose_json", description=FORMAT_HELP)
