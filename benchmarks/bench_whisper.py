@@ -52,12 +52,30 @@ def make_service(models_dir: Path, size: str, device: str, beam_size: int):
     return WhisperService(env, default_model=size, beam_size=beam_size)
 
 
+def direct_decode(path: Path):
+    """faster-whisper's own `decode_audio` (PyAV, s16 mono 16 kHz); its 1.2.1 release passes an
+    argument PyAV >= 15 removed, so where that fails the same steps are done here."""
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+
+    try:
+        return decode_audio(str(path))
+    except TypeError:
+        import av
+
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        with av.open(str(path)) as container:
+            chunks = [f.to_ndarray() for frame in container.decode(audio=0) for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]
+        return np.concatenate(chunks, axis=1).reshape(-1).astype(np.float32) / 32768.0
+
+
 def overhead(service, audio: Path, rounds: int, temperature: float) -> None:
     opts = service.options(temperature=temperature)
     key = service.default_key
     with service.env.vram.acquire(service.vram_name(key)) as model:  # the same loaded model for both
         def direct():
-            segments, _ = model.transcribe(str(audio), language=opts.language, beam_size=opts.beam_size,
+            segments, _ = model.transcribe(direct_decode(audio), language=opts.language, beam_size=opts.beam_size,
                                            temperature=temperature, vad_filter=True)
             return list(segments)
 
