@@ -125,6 +125,9 @@ def test_bad_inputs(server, media_dir, tmp_path):
     junk = tmp_path / "junk.mp3"
     junk.write_bytes(b"\x00\x13\x37 definitely not audio " * 100)
     assert error(post(server, "/transcribe", junk), 415)["param"] == "file"
+    text = tmp_path / "notes.txt"
+    text.write_text("Hola, esto es un archivo de texto.\nLínea dos.\n")
+    assert error(post(server, "/v1/audio/transcriptions", text), 415)["code"] == "unsupported_media"
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     assert error(post(server, "/v1/audio/transcriptions", files={"file": ("empty.wav", b"")}), 400)["param"] == "file"

@@ -89,6 +89,16 @@ def test_video_can_come_back_as_the_response_body(server, clip, tmp_path):
     assert wm.streams(tmp_path / "v.mp4")["subtitle"] == ["mov_text"]
 
 
+def test_webm_in_gives_mp4_out_with_its_opus_audio_kept(server, clip, tmp_path):
+    webm = wm.convert(clip, tmp_path / "clip.webm", "-c:v", "libvpx", "-b:v", "200k", "-c:a", "libopus")
+    r = post(server, webm, {"mode": "soft"})
+    assert r.status_code == 200, r.text
+    info = wm.streams(fetch(server, r.json()["video"], tmp_path / "from-webm.mp4"))
+    # VP8 can't go into mp4: re-encoded to h264; Opus can: copied
+    assert info["video"] == ["h264"] and info["audio"] == ["opus"] and info["subtitle"] == ["mov_text"]
+    assert abs(info["duration"] - wm.streams(webm)["duration"]) < 0.1
+
+
 def test_audio_only_or_bad_options_are_refused(server, tmp_path):
     wav = wm.espeak("hola", tmp_path / "hola.wav")
     r = post(server, wav, {})

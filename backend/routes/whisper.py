@@ -13,6 +13,8 @@ from services.whisper import OPENAI_MODEL, SIZES, WhisperService, render
 from services.whisper import jobs as whisper_jobs
 from services.whisper.formats import MIME, check_format
 from services.whisper.subtitles import DEFAULT_MAX_LINE_CHARS, DEFAULT_MAX_LINES
+from services.whisper.transcriber import options_dict
+from services.whisper.video import check_video
 
 from ..api import doc, form_params, json_body, ok
 from ..context import backend
@@ -87,11 +89,13 @@ def _parse(model: type[BaseModel]):
     return form_params(model), None
 
 
-def _upload_media(raw_json: dict | None) -> Path:
+def _upload_media(raw_json: dict | None, *, video: bool = False) -> Path:
     """Save the `file` upload and refuse what cannot be transcribed before it queues."""
     path = save_upload("file", json_body=raw_json)
     try:
         info = media.probe(path)
+        if video:
+            check_video(info)
         if not info.has_audio:
             raise ApiError(400, "the file has no audio stream", param="file", code="no_audio")
         _service().check_duration(info.duration)
@@ -134,7 +138,7 @@ def openai_transcriptions():
                        word_timestamps=words)
     key = svc.model_key(q.model)
     path = _upload_media(None)
-    return _openai({"path": str(path), "options": opts.__dict__, "model": key}, fmt)
+    return _openai({"path": str(path), "options": options_dict(opts), "model": key}, fmt)
 
 
 @bp.post("/v1/audio/translations")
@@ -148,7 +152,7 @@ def openai_translations():
                        temperature=q.temperature)
     key = svc.model_key(q.model)
     path = _upload_media(None)
-    return _openai({"path": str(path), "options": opts.__dict__, "model": key}, fmt)
+    return _openai({"path": str(path), "options": options_dict(opts), "model": key}, fmt)
 
 
 def _options(q: TranscribeRequest):
@@ -174,7 +178,7 @@ def transcribe():
         body = render(result, fmt, **lines)
         return _text_or_json(body, fmt, {"job_id": job.id, "files": _files(job.id, job.result["files"])})
 
-    return run_job(whisper_jobs.TRANSCRIBE, {"path": str(path), "options": opts.__dict__, "model": key,
+    return run_job(whisper_jobs.TRANSCRIBE, {"path": str(path), "options": options_dict(opts), "model": key,
                                              "lines": lines}, render_job)
 
 
@@ -184,7 +188,7 @@ def transcribe():
 def subtitle_video():
     q, raw = _parse(SubtitleVideoRequest)
     opts, key = _options(q)
-    path = _upload_media(raw)
+    path = _upload_media(raw, video=True)
     style = {"font_size": q.font_size, "position": q.position, "max_line_chars": q.max_line_chars,
              "max_lines": q.max_lines}
 
@@ -202,7 +206,7 @@ def subtitle_video():
                    "vtt": (folder / job.result["files"]["vtt"]).read_text(encoding="utf-8")})
 
     return run_job(whisper_jobs.SUBTITLE_VIDEO,
-                   {"path": str(path), "options": opts.__dict__, "model": key, "mode": q.mode, "style": style,
+                   {"path": str(path), "options": options_dict(opts), "model": key, "mode": q.mode, "style": style,
                     "crf": backend().settings.whisper_video_crf}, render_job)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -219,8 +219,5 @@ def _unload(model) -> None:
 
 
 def options_dict(options: TranscribeOptions) -> dict:
+    """JSON-ready options for a job's params (the job rebuilds them with `TranscribeOptions(**d)`)."""
     return asdict(options)
-
-
-def options_from_dict(data: dict) -> TranscribeOptions:
-    return replace(TranscribeOptions(), **data)
