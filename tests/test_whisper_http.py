@@ -164,6 +164,8 @@ def test_async_transcription_reports_progress_and_files(server, media_dir, wait_
                    ["status"] in ("succeeded", "failed") and j, timeout=60)
     assert job["status"] == "succeeded" and job["progress"] == 1.0
     assert job["result"]["segments"] and job["result"]["files"]["srt"] == "transcript.srt"
+    uploads = server.app.extensions["enfoads"].settings.data_dir / "uploads"
+    assert list(uploads.iterdir()) == []  # the upload is not kept once its job is done
 
 
 def test_models_are_listed(server):

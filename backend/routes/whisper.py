@@ -20,6 +20,7 @@ from ..api import doc, form_params, json_body, ok
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
+from ..jobs import FINISHED
 from ..uploads import save_upload
 
 bp = Blueprint("whisper", __name__)
@@ -112,7 +113,7 @@ def _files(job_id: str, names: dict) -> dict:
 def _text_or_json(body, fmt: str, extra: dict | None = None):
     if isinstance(body, dict):
         return ok({**body, **(extra or {})})
-    return Response(body, mimetype=MIME[fmt].split(";")[0], content_type=MIME[fmt])
+    return Response(body, content_type=MIME[fmt])
 
 
 def _openai(params: dict, fmt: str):
@@ -210,6 +211,13 @@ def subtitle_video():
                     "crf": backend().settings.whisper_video_crf}, render_job)
 
 
+def _discard_upload(job) -> None:
+    # The handler deletes its upload when it ends; a job cancelled while queued never runs one.
+    if job.kind in (whisper_jobs.TRANSCRIBE, whisper_jobs.SUBTITLE_VIDEO) and job.status in FINISHED:
+        if job.params.get("path"):
+            Path(job.params["path"]).unlink(missing_ok=True)
+
+
 def install(app, b) -> None:
     s = b.settings
     default = s.whisper_model if s.whisper_model != "auto" else ("base" if s.profile == "smoke" else "large-v3-turbo")
@@ -220,6 +228,7 @@ def install(app, b) -> None:
     b.jobs.register(whisper_jobs.TRANSCRIBE, lambda params, ctx: whisper_jobs.transcribe_job(service, params, ctx))
     b.jobs.register(whisper_jobs.SUBTITLE_VIDEO,
                     lambda params, ctx: whisper_jobs.subtitle_video_job(service, params, ctx))
+    b.jobs.add_listener(_discard_upload)
     app.register_blueprint(bp)
     for key in SIZES.values():
         b.models.append({"id": key, "family": "whisper", "available": b.model_env.present(key)})
