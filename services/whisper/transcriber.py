@@ -144,26 +144,32 @@ class WhisperService:
 
     def transcribe_file(self, path: Path, options: TranscribeOptions | None = None, *, model: str | None = None,
                         progress: Progress | None = None) -> dict:
-        audio, _ = self.decode(Path(path))
-        return self.transcribe_array(audio, options, model=model, progress=progress)
+        audio, info = self.decode(Path(path))
+        # Decoders may hand back a few ms more than the container's duration (codec padding): a
+        # subtitle must not outlast the media a player shows.
+        duration = min(audio.size / SAMPLE_RATE, info.duration) if info.duration else None
+        return self.transcribe_array(audio, options, model=model, progress=progress, duration=duration)
 
     def transcribe_array(self, audio: np.ndarray, options: TranscribeOptions | None = None, *,
-                         model: str | None = None, progress: Progress | None = None) -> dict:
-        """Transcribe 16 kHz mono float32 samples in [-1, 1]."""
+                         model: str | None = None, progress: Progress | None = None,
+                         duration: float | None = None) -> dict:
+        """Transcribe 16 kHz mono float32 samples in [-1, 1]; times are clamped to `duration`
+        (default: the samples' length)."""
         audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(-1))
         if audio.size == 0:
             raise InvalidInput("no audio samples to transcribe", param="file", code="empty_audio")
         self.check_duration(audio.size / SAMPLE_RATE)
         options = options or self.options()
         key = self.model_key(model)
-        return self.env.vram.run(self.vram_name(key), lambda m: self._run(m, key, audio, options, progress))
+        duration = duration or audio.size / SAMPLE_RATE
+        return self.env.vram.run(self.vram_name(key),
+                                 lambda m: self._run(m, key, audio, duration, options, progress))
 
-    def _run(self, model, key: str, audio: np.ndarray, opts: TranscribeOptions,
+    def _run(self, model, key: str, audio: np.ndarray, duration: float, opts: TranscribeOptions,
              progress: Progress | None) -> dict:
         if opts.language and model.hf_tokenizer.token_to_id(f"<|{opts.language}|>") is None:
             raise InvalidInput(f"the model {key} does not know the language {opts.language!r}", param="language",
                                code="invalid_language")
-        duration = audio.size / SAMPLE_RATE
         t0 = time.perf_counter()
         segments, info = model.transcribe(
             audio, language=opts.language, task=opts.task, beam_size=opts.beam_size,
