@@ -2,7 +2,7 @@
 layout of the faster-whisper repos (model.bin, config.json, vocabulary.json, tokenizer.json,
 preprocessor_config.json), under `<models_dir>/whisper-base` (the smoke profile's model).
 
-Its tokenizer has Whisper's real id layout (see ../../TESTING.md in the project notes): text ids
+Its tokenizer has Whisper's real id layout (the recipe in the team's TESTING.md): text ids
 0..50256 with 50256 the empty string (CTranslate2 >= 4.7 decides "multilingual" from it), then
 <|endoftext|> 50257, <|startoftranscript|> 50258, the 99 language tokens, the task and control
 tokens 50358..50363 and the timestamps <|0.00|>..<|30.00|> 50364..51864. The text tokens are
