@@ -17,6 +17,7 @@ from .jobs import JobManager, JobStore
 from .routes import face as face_routes
 from .routes import jobs as job_routes
 from .routes import system as system_routes
+from .routes import whisper as whisper_routes
 from .settings import GB, Settings, load_settings
 from .sockets import install_sockets
 
@@ -26,6 +27,7 @@ log = logging.getLogger("enfoads")
 # job kinds, blueprint, Socket.IO namespaces and /v1/models entries.
 FAMILIES: tuple = (
     face_routes,
+    whisper_routes,
 )
 
 CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "Prefer", "ngrok-skip-browser-warning"]

@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     face_inswapper_sha256: str | None = Field(
         None, description="expected sha256 of inswapper; default: the published hash (none for smoke "
                           "models); an empty string turns the check off")
+    # --- whisper ---
+    whisper_model: Literal["auto", "large-v3-turbo", "small", "base"] = Field(
+        "auto", description="default transcription model; auto: large-v3-turbo, base in the smoke profile")
+    whisper_compute_type: str = Field(
+        "auto", description="CTranslate2 compute type; auto: int8_float16 on GPUs, int8 on CPU")
+    whisper_language: str = Field("es", description="default language code, or 'auto' to detect it")
+    whisper_beam_size: int = Field(5, ge=1, le=10)
+    whisper_cpu_threads: int = Field(0, ge=0, description="CTranslate2 CPU threads; 0: its default")
+    whisper_max_seconds: float = Field(4 * 3600, gt=0, description="longest audio/video accepted (413 beyond)")
+    whisper_video_crf: int = Field(20, ge=0, le=51, description="x264 quality of videos with burned subtitles")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

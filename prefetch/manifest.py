@@ -240,7 +240,7 @@ _SPECS: list[ModelSpec] = [
         license="mit",
         runtime="ctranslate2",
         also_used_by=("vita",),
-        note="74M params; CPU-friendly",
+        note="74M params; CPU-friendly; the smoke profile's whisper (a tiny build under this key)",
     ),
     # ---- face: InsightFace
     ModelSpec(
