@@ -17,7 +17,11 @@
 # requirements/nodeps.txt goes in with --no-deps and its real runtime deps are in
 # requirements.txt; ONNX Runtime is `onnxruntime` on CPU machines, `onnxruntime-gpu` in Colab,
 # never both; scripts/pip_check.py fails on any `pip check` line not known to come from the
-# --no-deps pins.
+# --no-deps pins. (pip itself may print "ERROR: pip's dependency resolver does not currently take
+# into account all the packages that are installed..." followed by those same pins when it
+# installs into an env that already has them: expected, not a failure; pip_check.py decides.)
+# Colab: the notebook's setup cell runs `!bash scripts/install.sh --colab` (a no-op second run takes
+# seconds); --colab --dev adds the test tools.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +37,7 @@ for arg in "$@"; do
         --colab) MODE=colab ;;
         --clean) CLEAN=1 ;;
         --force) FORCE=1 ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | cut -c3-; exit 0 ;;
         *) echo "install.sh: unknown option: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -72,18 +76,20 @@ apt_install() {
         return 0
     fi
     export DEBIAN_FRONTEND=noninteractive
+    # Wait for another apt/dpkg run to finish rather than failing on its lock.
+    local apt=(apt-get -o DPkg::Lock::Timeout=600)
     # Refresh the package lists only when needed: a package without a candidate, or an install
     # that fails (stale lists point at files the mirror no longer has).
     local need_update=0
     for p in "${missing[@]}"; do
         apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]' || need_update=1
     done
-    if [ "$need_update" = 1 ]; then log "apt-get update"; apt-get update -qq || true; fi
+    if [ "$need_update" = 1 ]; then log "apt-get update"; "${apt[@]}" update -qq || true; fi
     log "apt-get install ${missing[*]}"
-    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    if ! "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
         log "apt-get install failed; updating package lists and retrying"
-        apt-get update -qq || true
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        "${apt[@]}" update -qq || true
+        "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
             || log "WARNING: could not install ${missing[*]}; tests that need them will skip or fail"
     fi
 }
