@@ -271,7 +271,8 @@ def test_socketio_speak_streams_chunks(server, slowed):
     finally:
         sio.disconnect()
     assert [g["index"] for g in got[:2]] == [0, 1] and got[0]["sample_rate"] == RATE
-    assert slowed.order == ["generate Esta es la", "waiting for client", "generate Y esta es"]
+    assert slowed.order[:2] == ["generate Esta es la", "waiting for client"]
+    assert slowed.order[2].startswith("generate Y esta")
     assert got[2][1]["engine"] == "chatterbox-multilingual"
 
 
