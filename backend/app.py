@@ -17,6 +17,7 @@ from .jobs import JobManager, JobStore
 from .routes import face as face_routes
 from .routes import jobs as job_routes
 from .routes import system as system_routes
+from .routes import tts as tts_routes
 from .routes import whisper as whisper_routes
 from .settings import GB, Settings, load_settings
 from .sockets import install_sockets
@@ -28,6 +29,7 @@ log = logging.getLogger("enfoads")
 FAMILIES: tuple = (
     face_routes,
     whisper_routes,
+    tts_routes,
 )
 
 CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "Prefer", "ngrok-skip-browser-warning"]

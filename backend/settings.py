@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     ngrok_authtoken: SecretStr | None = None
     public: bool = False
     log_level: str = "INFO"
+    # --- tts ---
+    tts_default_model: str = Field("chatterbox-multilingual", description="model when a request names none")
+    tts_default_language: str = Field("es", description="language when a request names none")
+    tts_max_chars: int = Field(5000, ge=1, description="longest text one request may speak")
+    tts_clip_min_seconds: float = Field(5.0, gt=0, description="shortest reference clip for a cloned voice")
+    tts_clip_max_seconds: float = Field(30.0, gt=0, description="longest reference clip for a cloned voice")
 
     # --- face ---
     face_det_size: int = Field(640, ge=64, le=2048, multiple_of=32,

@@ -1,0 +1,95 @@
+"""TTS: time to first audio vs full synthesis for an 8-sentence Spanish text, HTTP vs direct call,
+and (on a GPU with the real checkpoints) the real-time factor of each engine.
+
+Run by hand: `.venv/bin/python -m benchmarks.bench_tts [--real] [--runs 3]`.
+Without --real it builds the tiny smoke models (CPU, random weights: the ratios are what it
+measures, not the speech). With --real it uses the prefetched checkpoints (`python -m prefetch tts`)
+on the GPU. Goals: first audio / full <= 0.25; HTTP / direct <= 1.10.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from backend.server import Server
+from backend.settings import load_settings
+
+TEXT = ("Hola, bienvenidos a nuestra demostración. Hoy vamos a hablar de inteligencia artificial. "
+        "El sistema convierte texto en voz en español latinoamericano. Cada frase se genera por separado. "
+        "Así el primer audio llega antes. La calidad depende del modelo y de la voz. "
+        "También se puede clonar una voz con un clip corto. Gracias por escuchar.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--real", action="store_true", help="prefetched checkpoints instead of tiny smoke models")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tts-"))
+    if args.real:
+        settings = load_settings(profile="colab", data_dir=tmp / "data", api_key="bench", port=0, job_wait_seconds=600)
+    else:
+        import torch
+
+        from services.tts import smoke
+
+        torch.set_num_threads(1)
+        smoke.build(tmp / "models")
+        settings = load_settings(profile="smoke", data_dir=tmp / "data", api_key="bench", device="cpu", port=0,
+                                 job_wait_seconds=600, models_dir=tmp / "models")
+    server = Server(settings).start()
+    svc = server.app.extensions["enfoads.tts"]
+    H = {"Authorization": "Bearer bench"}
+    body = {"input": TEXT, "model": "chatterbox-multilingual", "language": "es", "response_format": "pcm",
+            "chunk_size": 50, "seed": 1}
+    from services.tts.service import SpeechRequest
+
+    req = SpeechRequest(text=TEXT, chunk_size=50, seed=1)
+    list(svc.stream(svc.plan(req)))  # warm-up: load the model
+
+    first, full, direct, http = [], [], [], []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        r = requests.post(f"{server.url}/v1/audio/speech", json={**body, "stream_format": "audio"}, headers=H,
+                          stream=True, timeout=600)
+        it = r.iter_content(chunk_size=None)
+        next(it)
+        first.append(time.perf_counter() - t0)
+        for _ in it:
+            pass
+        full.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        samples = svc.synthesize(svc.plan(req))
+        direct.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        requests.post(f"{server.url}/v1/audio/speech", json=body, headers=H, timeout=600).raise_for_status()
+        http.append(time.perf_counter() - t0)
+    seconds = samples.size / svc.engines["chatterbox-multilingual"].sample_rate
+    med = statistics.median
+    print(f"chunks: {len(svc.plan(req).chunks)}  audio: {seconds:.2f} s  runs: {args.runs}  device: {settings.resolved_device}")
+    print(f"stream: first audio {med(first):.3f} s, full {med(full):.3f} s, ratio {med(first) / med(full):.3f} (goal <= 0.25)")
+    print(f"whole:  direct {med(direct):.3f} s, HTTP {med(http):.3f} s, ratio {med(http) / med(direct):.3f} (goal <= 1.10)")
+    if args.real:
+        for name, engine in svc.engines.items():
+            if not engine.available():
+                print(f"RTF {name}: not prefetched")
+                continue
+            lang = "es" if "es" in engine.languages else "en"
+            text = TEXT if lang == "es" else "Hello and welcome. This is a short test of speech synthesis."
+            plan = svc.plan(SpeechRequest(text=text, model=name, language=lang, chunk_size=300))
+            svc.synthesize(plan)
+            t0 = time.perf_counter()
+            out = svc.synthesize(plan)
+            took = time.perf_counter() - t0
+            print(f"RTF {name}: {took / (out.size / engine.sample_rate):.3f} (seeds' claim for Turbo on a T4: 0.335 fp32)")
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Chatterbox engines (Resemble AI): multilingual (23 languages, Spanish by default), English,
+and English Turbo, loaded with the package's own `from_local` and run through the offloader."""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInput, ModelUnavailable
+from . import chatterbox_arch
+
+log = logging.getLogger("enfoads.tts.chatterbox")
+
+SAMPLE_RATE = 24000  # S3GEN_SR
+MULTILINGUAL_LANGUAGES = ("ar", "da", "de", "el", "en", "es", "fi", "fr", "he", "hi", "it", "ja", "ko", "ms", "nl",
+                          "no", "pl", "pt", "ru", "sv", "sw", "tr", "zh")
+CANGJIE_REPO = "ResembleAI/chatterbox"
+
+
+def _seed_cangjie_cache(folder: Path) -> None:
+    """The multilingual tokenizer fetches Cangjie5_TC.json with hf_hub_download(cache_dir=folder)
+    on every load; lay the copy that prefetch downloaded into that cache so no network is needed."""
+    src = folder / "Cangjie5_TC.json"
+    if not src.is_file():
+        return
+    repo_dir = folder / ("models--" + CANGJIE_REPO.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / "local"
+    target = snapshot / "Cangjie5_TC.json"
+    try:
+        if not target.is_file():
+            snapshot.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / "main").write_text("local")
+    except OSError:  # a read-only model folder: the tokenizer falls back to a download
+        log.warning("could not seed the Cangjie cache in %s", folder, exc_info=True)
+
+
+_pkuseg_patch_lock = threading.Lock()
+
+
+def _tolerate_missing_pkuseg() -> None:
+    """pkuseg downloads its model when the multilingual tokenizer is built, and a failure (offline)
+    used to abort the whole load although only Chinese uses it: log and go on without it."""
+    from chatterbox.models.tokenizers import tokenizer as tok_mod
+
+    with _pkuseg_patch_lock:
+        conv = tok_mod.ChineseCangjieConverter
+        if getattr(conv, "_enfoads_tolerant", False):
+            return
+        original = conv._init_segmenter
+
+        def init_segmenter(self):
+            try:
+                original(self)
+            except Exception as exc:
+                log.warning("Chinese word segmentation unavailable (pkuseg: %s); Chinese text is read unsegmented",
+                            exc)
+                self.segmenter = None
+
+        conv._init_segmenter = init_segmenter
+        conv._enfoads_tolerant = True
+
+
+def load_chatterbox(kind: str, folder: Path, device: str):
+    """The package's model object for `kind` (multilingual | en | turbo) from a local folder."""
+    folder = Path(folder)
+    with chatterbox_arch.overrides(folder):
+        if kind == "multilingual":
+            from chatterbox.mtl_tts import ChatterboxMultilingualTTS
+
+            _seed_cangjie_cache(folder)
+            _tolerate_missing_pkuseg()
+            return ChatterboxMultilingualTTS.from_local(folder, device)
+        if kind == "en":
+            from chatterbox.tts import ChatterboxTTS
+
+            return ChatterboxTTS.from_local(folder, device)
+        if kind == "turbo":
+            try:
+                from chatterbox.tts_turbo import ChatterboxTurboTTS
+            except ImportError as exc:
+                raise ModelUnavailable(f"this chatterbox-tts release has no Turbo model ({exc})",
+                                       code="model_unavailable") from None
+            return ChatterboxTurboTTS.from_local(folder, device)
+    raise ValueError(f"unknown Chatterbox kind {kind!r}")
+
+
+def move_chatterbox(tts, device: str):
+    """Offloader hook: Chatterbox's TTS objects are not modules; move their parts."""
+    for part in ("t3", "s3gen", "ve"):
+        getattr(tts, part).to(device)
+    if tts.conds is not None:
+        tts.conds = tts.conds.to(device)
+    tts.device = device
+    return tts
+
+
+@dataclass(frozen=True)
+class ChatterboxSpec:
+    model_id: str  # manifest key and public model id
+    kind: str  # multilingual | en | turbo
+    languages: tuple[str, ...]
+    description: str
+
+
+CHATTERBOX_MODELS = (
+    ChatterboxSpec("chatterbox-multilingual", "multilingual", MULTILINGUAL_LANGUAGES,
+                   "Chatterbox multilingual (23 languages, voice cloning)"),
+    ChatterboxSpec("chatterbox-en", "en", ("en",), "Chatterbox English (voice cloning)"),
+    ChatterboxSpec("chatterbox-turbo", "turbo", ("en",), "Chatterbox Turbo English (faster)"),
+)
+
+
+class ChatterboxEngine:
+    """One Chatterbox checkpoint. Voices are reference clips turned into conditionals once."""
+
+    sample_rate = SAMPLE_RATE
+    family = "chatterbox"
+
+    def __init__(self, spec: ChatterboxSpec, model_env):
+        self.spec = spec
+        self.name = spec.model_id
+        self.languages = spec.languages
+        self.env = model_env
+        self._conds: dict[tuple, Any] = {}  # voice key -> Conditionals (on CPU)
+        self._lock = threading.Lock()
+
+    # --- offloader -----------------------------------------------------------------------
+    def register(self, vram, estimate_bytes: int) -> None:
+        vram.register(self.name, self._load, runtime="torch", estimate_bytes=estimate_bytes, family="tts",
+                      to_device=move_chatterbox)
+
+    def _load(self, device: str):
+        folder = self.env.locate(self.name)
+        log.info("loading %s from %s on %s", self.name, folder, device)
+        tts = load_chatterbox(self.spec.kind, folder, device)
+        # Chatterbox runs fp32 everywhere: on a T4 bf16 is emulated (slower) and its fp16 path is
+        # not what upstream tests; the model stays fp32 whatever the global dtype policy says.
+        self._builtin = tts.conds
+        return tts
+
+    def available(self) -> bool:
+        return self.env.present(self.name)
+
+    # --- synthesis -------------------------------------------------------------------------
+    def _conditionals(self, tts, voice, exaggeration: float):
+        if voice is None or voice.path is None:
+            if getattr(self, "_builtin", None) is None:
+                raise InvalidInput(f"{self.name} has no built-in voice; pass a cloned voice", param="voice")
+            return self._builtin
+        key = (voice.id, voice.path.stat().st_mtime_ns)
+        conds = self._conds.get(key)
+        if conds is None:
+            tts.prepare_conditionals(str(voice.path), exaggeration=exaggeration)
+            conds = tts.conds
+            self._conds[key] = conds
+        return conds
+
+    def generate(self, tts, text: str, *, language: str, voice, temperature: float, exaggeration: float,
+                 cfg_weight: float) -> np.ndarray:
+        import torch
+
+        with self._lock:
+            tts.conds = self._conditionals(tts, voice, exaggeration).to(tts.device)
+            kwargs = dict(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=temperature)
+            if self.spec.kind == "multilingual":
+                wav = tts.generate(text, language_id=language, **kwargs)
+            elif self.spec.kind == "turbo":
+                wav = tts.generate(text, temperature=temperature)
+            else:
+                wav = tts.generate(text, **kwargs)
+        if isinstance(wav, torch.Tensor):
+            wav = wav.detach().float().cpu().numpy()
+        return np.asarray(wav, dtype=np.float32).reshape(-1)

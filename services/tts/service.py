@@ -1,0 +1,165 @@
+"""The speech service: text + voice + language -> audio, chunk by chunk, through the offloader.
+
+No HTTP here. `stream()` yields each chunk's audio as soon as it is generated (the web layer
+streams it; the realtime assistant calls `speak()` sentence by sentence); `synthesize()` joins the
+same chunks with a short crossfade.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from prefetch import manifest
+
+from ..errors import InvalidInput
+from . import audio, text as text_mod
+from .chatterbox_engine import CHATTERBOX_MODELS, ChatterboxEngine
+from .voices import VoiceStore
+
+log = logging.getLogger("enfoads.tts")
+
+DEFAULT_MODEL = "chatterbox-multilingual"
+MULTILINGUAL = "chatterbox-multilingual"
+MAX_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    text: str
+    model: str = DEFAULT_MODEL
+    voice: str | None = None
+    language: str = "es"
+    temperature: float = 0.8
+    exaggeration: float = 0.5
+    cfg_weight: float = 0.5
+    speed_factor: float = 1.0
+    seed: int | None = None
+    split_text: bool = True
+    chunk_size: int = 120
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What will run: the engine that speaks (maybe not the one asked for) and the chunks."""
+
+    request: SpeechRequest
+    engine: object
+    chunks: list[str]
+    routed_from: str | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.engine.sample_rate
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    total: int
+    text: str
+    samples: np.ndarray
+    sample_rate: int
+
+
+Progress = Callable[[float, str], None]
+
+
+class TtsService:
+    def __init__(self, model_env, *, voices_dir: Path, max_chars: int = 5000, clip_min_s: float = 5.0,
+                 clip_max_s: float = 30.0, engines: dict | None = None):
+        self.env = model_env
+        self.max_chars = max_chars
+        self.voices = VoiceStore(voices_dir, min_seconds=clip_min_s, max_seconds=clip_max_s)
+        self.engines: dict = engines if engines is not None else {
+            spec.model_id: ChatterboxEngine(spec, model_env) for spec in CHATTERBOX_MODELS}
+        self._lock = threading.Lock()
+
+    def register_models(self) -> None:
+        for engine in self.engines.values():
+            # Chatterbox stays fp32 on every GPU (see ChatterboxEngine._load).
+            dtype = "float32" if getattr(engine, "family", "") == "chatterbox" else self.env.dtype
+            engine.register(self.env.vram, manifest.vram_estimate(engine.name, dtype))
+
+    def models(self) -> list[dict]:
+        return [{"id": name, "languages": list(e.languages), "sample_rate": e.sample_rate,
+                 "available": e.available()} for name, e in self.engines.items()]
+
+    # --- planning ------------------------------------------------------------------------------
+    def plan(self, req: SpeechRequest) -> Plan:
+        text = (req.text or "").strip()
+        if not text:
+            raise InvalidInput("input: the text is empty", param="input", code="empty_text")
+        if len(text) > self.max_chars:
+            raise InvalidInput(f"input: the text has {len(text)} characters; the maximum is {self.max_chars}",
+                               param="input", code="text_too_long")
+        if not req.split_text and len(text) > MAX_CHUNK:
+            raise InvalidInput(f"input: without split_text the text may have at most {MAX_CHUNK} characters "
+                               f"(it has {len(text)}); turn split_text on", param="input", code="text_too_long")
+        engine = self.engines.get(req.model)
+        if engine is None:
+            raise InvalidInput(f"model: unknown TTS model {req.model!r}; use one of {', '.join(self.engines)}",
+                               param="model", code="unknown_model")
+        language = (req.language or "").lower()
+        all_languages = sorted({lang for e in self.engines.values() for lang in e.languages})
+        if language not in all_languages:
+            raise InvalidInput(f"language: unsupported language {req.language!r}; supported: "
+                               f"{', '.join(all_languages)}", param="language", code="unsupported_language")
+        routed_from = None
+        if language not in engine.languages:
+            # e.g. Spanish asked of an English/French-only model: the multilingual model speaks it.
+            fallback = self.engines.get(MULTILINGUAL)
+            if fallback is None or language not in fallback.languages:
+                raise InvalidInput(f"language: {req.model} does not speak {language!r} "
+                                   f"(it speaks {', '.join(engine.languages)})", param="language",
+                                   code="unsupported_language")
+            routed_from, engine = req.model, fallback
+        if not engine.available():
+            self.env.locate(engine.name)  # raises ModelUnavailable with the prefetch command
+        self.voices.get(req.voice)  # unknown voice -> 404 now, not after loading a model
+        chunks = text_mod.chunk_text(text, language, req.chunk_size) if req.split_text else [text]
+        req = replace(req, language=language, text=text)
+        return Plan(req, engine, chunks, routed_from)
+
+    # --- synthesis -----------------------------------------------------------------------------
+    def stream(self, plan: Plan, progress: Progress | None = None) -> Iterator[Chunk]:
+        """Generate chunk by chunk; each is yielded as soon as it exists."""
+        req, engine = plan.request, plan.engine
+        voice = self.voices.get(req.voice)
+        total = len(plan.chunks)
+        if progress:
+            progress(0.0, f"{engine.name}: {total} chunk(s)")
+        for i, chunk_text in enumerate(plan.chunks):
+            samples = self._generate(engine, req, voice, chunk_text, i)
+            samples = audio.change_speed(samples, req.speed_factor)
+            if progress:
+                progress((i + 1) / total, f"chunk {i + 1}/{total}")
+            yield Chunk(i, total, chunk_text, samples, engine.sample_rate)
+
+    def _generate(self, engine, req: SpeechRequest, voice, chunk_text: str, index: int) -> np.ndarray:
+        import torch
+
+        def run(model):
+            if req.seed is not None:
+                torch.manual_seed(req.seed + index)
+            return engine.generate(model, chunk_text, language=req.language, voice=voice,
+                                   temperature=req.temperature, exaggeration=req.exaggeration,
+                                   cfg_weight=req.cfg_weight)
+
+        with self._lock:  # one synthesis at a time: engines keep per-voice state on the model
+            return self.env.vram.run(engine.name, run)  # VramError reports as 503
+
+    def synthesize(self, plan: Plan, progress: Progress | None = None) -> np.ndarray:
+        pieces = [c.samples for c in self.stream(plan, progress)]
+        return audio.crossfade_join(pieces, plan.sample_rate)
+
+    def speak(self, text: str, *, voice: str | None = None, language: str = "es",
+              model: str = DEFAULT_MODEL, **params) -> Iterator[tuple[np.ndarray, int]]:
+        """For in-process callers (the realtime assistant): (float32 samples, sample rate) per chunk."""
+        plan = self.plan(SpeechRequest(text=text, voice=voice, language=language, model=model, **params))
+        for chunk in self.stream(plan):
+            yield chunk.samples, chunk.sample_rate

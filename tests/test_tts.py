@@ -1,0 +1,282 @@
+"""Speech (TTS) through HTTP and Socket.IO on tiny random-weight Chatterbox checkpoints."""
+import io
+import json
+import threading
+import wave
+
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import API_KEY
+
+H = {"Authorization": f"Bearer {API_KEY}"}
+RATE = 24000
+
+
+@pytest.fixture(scope="module")
+def models_dir(smoke_models):
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: thread fan-out costs more than it gives on 2 cores
+    return smoke_models("tts")
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, tmp_path_factory):
+    from backend.server import Server
+    from backend.settings import load_settings
+
+    settings = load_settings(profile="smoke", data_dir=tmp_path_factory.mktemp("tts-data"), api_key=API_KEY,
+                             device="cpu", port=0, job_wait_seconds=60, models_dir=models_dir)
+    srv = Server(settings).start()
+    yield srv
+    srv.stop()
+
+
+def post(server, path, body, **kw):
+    return requests.post(f"{server.url}{path}", json=body, headers=H, timeout=120, **kw)
+
+
+def decode(data: bytes, suffix: str):
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    return samples, rate
+
+
+def speech_wav(seconds=6.0, rate=22050, amplitude=0.3):
+    t = np.arange(int(seconds * rate)) / rate
+    wav = amplitude * np.sin(2 * np.pi * 200 * t) * (1 + 0.3 * np.sin(2 * np.pi * 4 * t))
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes((wav * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus", "flac"])
+def test_tts_speaks_spanish_in_each_format(server, fmt):
+    r = post(server, "/tts", {"text": "Hola, ¿cómo estás?", "output_format": fmt, "seed": 1})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-TTS-Engine"] == "chatterbox-multilingual"
+    samples, rate = decode(r.content, fmt)
+    assert rate == (48000 if fmt == "opus" else RATE)  # Opus decoders always output 48 kHz
+    assert r.headers["X-Sample-Rate"] == str(RATE)
+    assert samples.size > RATE // 4 and np.isfinite(samples).all()
+
+
+def test_pcm_is_raw_16bit_at_the_engine_rate(server):
+    r = post(server, "/tts", {"text": "Hola.", "output_format": "pcm"})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "audio/pcm"
+    assert r.headers["X-Sample-Rate"] == str(RATE)
+    assert len(r.content) % 2 == 0 and len(r.content) > RATE // 2
+
+
+def test_long_text_is_split_into_sentence_chunks_and_joined(server):
+    text = "Primera frase del texto. Segunda frase, algo más larga que la primera. Tercera y última frase."
+    one = post(server, "/tts", {"text": "Primera frase del texto.", "output_format": "wav"})
+    r = post(server, "/tts", {"text": text, "chunk_size": 50, "output_format": "wav"})
+    assert r.status_code == 200
+    assert r.headers["X-TTS-Chunks"] == "3"
+    single, _ = decode(one.content, "wav")
+    joined, _ = decode(r.content, "wav")
+    assert joined.size > 2.5 * single.size  # three chunks, crossfaded
+
+
+def test_speed_factor_shortens_the_audio(server):
+    normal = decode(post(server, "/tts", {"text": "Hola a todos.", "seed": 3}).content, "wav")[0]
+    fast = decode(post(server, "/tts", {"text": "Hola a todos.", "seed": 3, "speed_factor": 2.0}).content, "wav")[0]
+    assert fast.size < 0.6 * normal.size
+
+
+def test_clone_list_use_delete_voice(server):
+    files = {"file": ("me.wav", speech_wav(), "audio/wav")}
+    r = requests.post(f"{server.url}/v1/audio/voices", files=files, data={"name": "Ana"}, headers=H, timeout=60)
+    assert r.status_code == 201, r.text
+    voice = r.json()
+    assert voice["type"] == "cloned" and voice["name"] == "Ana"
+    listed = requests.get(f"{server.url}/v1/voices", headers=H, timeout=10).json()["data"]
+    assert voice["id"] in [v["id"] for v in listed]
+    r = post(server, "/tts", {"text": "Hola, soy Ana.", "voice": voice["id"]})
+    assert r.status_code == 200 and decode(r.content, "wav")[1] == RATE
+    r = post(server, "/tts", {"text": "Hola.", "voice_mode": "clone", "reference_audio_filename": voice["id"]})
+    assert r.status_code == 200
+    assert requests.delete(f"{server.url}/v1/audio/voices/{voice['id']}", headers=H, timeout=10).status_code == 200
+    r = post(server, "/tts", {"text": "Hola.", "voice": voice["id"]})
+    assert r.status_code == 404 and "default" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("clip,reason", [
+    (b"this is not audio at all" * 10, "not usable audio"),
+    (speech_wav(seconds=2.0), "at least 5"),
+    (speech_wav(seconds=31.5), "at most 30"),
+    (speech_wav(amplitude=0.0), "silent"),
+])
+def test_bad_reference_clips_are_refused_with_the_reason(server, clip, reason):
+    r = requests.post(f"{server.url}/v1/audio/voices", files={"file": ("x.wav", clip)}, headers=H, timeout=60)
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["error"]["message"] and r.json()["error"]["param"] == "file"
+
+
+@pytest.mark.parametrize("body,param,status", [
+    ({"text": "   "}, "input", 400),
+    ({"text": ""}, "input", 400),
+    ({"text": "x" * 5001}, "input", 400),
+    ({"text": "y " * 300, "split_text": False}, "input", 400),
+    ({"text": "Hola", "voice": "nadie"}, "voice", 404),
+    ({"text": "Hola", "voice": "../etc/passwd"}, "voice", 400),
+    ({"text": "Hola", "output_format": "aac"}, "output_format", 400),
+    ({"text": "Hola", "language": "xx"}, "language", 400),
+    ({"text": "Hola", "temperature": 2}, "temperature", 400),
+    ({"text": "Hola", "exaggeration": 0.1}, "exaggeration", 400),
+    ({"text": "Hola", "cfg_weight": 1.5}, "cfg_weight", 400),
+    ({"text": "Hola", "speed_factor": 5}, "speed_factor", 400),
+    ({"text": "Hola", "chunk_size": 20}, "chunk_size", 400),
+    ({"text": "Hola", "model": "nope"}, "model", 400),
+])
+def test_bad_input_is_refused_naming_the_field(server, body, param, status):
+    r = post(server, "/tts", body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"]
+    if status == 404:
+        assert "default" in err["message"]  # lists the voices there are
+
+
+def test_voice_id_with_path_characters_cannot_be_deleted_or_created(server):
+    r = requests.delete(f"{server.url}/v1/audio/voices/..%2F..%2Fx", headers=H, timeout=10)
+    assert r.status_code in (400, 404)
+    files = {"file": ("me.wav", speech_wav(), "audio/wav")}
+    r = requests.post(f"{server.url}/v1/audio/voices", files=files, data={"id": "../x"}, headers=H, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "id"
+
+
+def test_openai_sdk_speech(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
+    resp = client.audio.speech.create(model="chatterbox-multilingual", voice="nova", input="Hola desde OpenAI.",
+                                      response_format="wav")
+    samples, rate = decode(resp.read(), "wav")
+    assert rate == RATE and samples.size > 0
+
+
+def test_models_are_listed(server):
+    data = requests.get(f"{server.url}/v1/audio/models", headers=H, timeout=10).json()["data"]
+    by_id = {m["id"]: m for m in data}
+    assert by_id["chatterbox-multilingual"]["available"] and "es" in by_id["chatterbox-multilingual"]["languages"]
+    assert not by_id["chatterbox-turbo"]["available"]
+    ids = [m["id"] for m in requests.get(f"{server.url}/v1/models", headers=H, timeout=10).json()["data"]]
+    assert "chatterbox-en" in ids
+
+
+def test_english_model_speaks_and_routes_spanish_to_multilingual(server):
+    r = post(server, "/tts", {"text": "Hello there.", "model": "chatterbox-en", "language": "en"})
+    assert r.status_code == 200 and r.headers["X-TTS-Engine"] == "chatterbox-en"
+    r = post(server, "/tts", {"text": "Hola.", "model": "chatterbox-en", "language": "es"})
+    assert r.status_code == 200
+    assert r.headers["X-TTS-Engine"] == "chatterbox-multilingual"
+    assert r.headers["X-TTS-Routed-From"] == "chatterbox-en"
+
+
+def test_missing_model_answers_503_with_the_prefetch_command(server):
+    r = post(server, "/tts", {"text": "Hi.", "model": "chatterbox-turbo", "language": "en"})
+    assert r.status_code == 503 and "prefetch" in r.json()["error"]["message"]
+
+
+class SlowedEngine:
+    """Wraps the real engine; holds the second chunk until the test says the first bytes arrived."""
+
+    def __init__(self, real):
+        self.real = real
+        self.first_bytes_seen = threading.Event()
+        self.order = []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def generate(self, model, text, **kw):
+        if self.order:
+            self.order.append("waiting for client")
+            assert self.first_bytes_seen.wait(60)
+        self.order.append(f"generate {text[:10]}")
+        return self.real.generate(model, text, **kw)
+
+
+@pytest.fixture
+def slowed(server):
+    svc = server.app.extensions["enfoads.tts"]
+    real = svc.engines["chatterbox-multilingual"]
+    engine = SlowedEngine(real)
+    svc.engines["chatterbox-multilingual"] = engine
+    yield engine
+    engine.first_bytes_seen.set()
+    svc.engines["chatterbox-multilingual"] = real
+
+
+TWO_SENTENCES = "Esta es la primera frase del texto largo. Y esta es la segunda frase del mismo texto."
+
+
+def test_http_stream_sends_first_chunk_before_the_last_is_generated(server, slowed):
+    r = requests.post(f"{server.url}/v1/audio/speech", headers=H, stream=True, timeout=120,
+                      json={"input": TWO_SENTENCES, "chunk_size": 50, "response_format": "pcm", "stream_format": "audio"})
+    assert r.status_code == 200
+    it = r.iter_content(chunk_size=None)
+    first = next(it)
+    assert first and slowed.order == ["generate Esta es la", "waiting for client"]
+    slowed.first_bytes_seen.set()
+    rest = b"".join(it)
+    assert len(first) + len(rest) > len(first)
+    assert slowed.order[-1].startswith("generate Y esta")
+
+
+def test_streamed_audio_equals_the_whole_response(server):
+    body = {"input": TWO_SENTENCES, "chunk_size": 50, "response_format": "pcm", "seed": 7, "split_text": True}
+    whole = post(server, "/v1/audio/speech", body).content
+    streamed = post(server, "/v1/audio/speech", {**body, "stream_format": "audio"}).content
+    # the whole response crossfades the joins (30 ms each), the stream sends chunks as they are
+    assert abs(len(streamed) - len(whole)) == 2 * int(0.03 * RATE)
+
+
+def test_sse_stream_sends_openai_events(server):
+    body = {"input": TWO_SENTENCES, "chunk_size": 50, "response_format": "wav", "stream_format": "sse"}
+    r = post(server, "/v1/audio/speech", body)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events] == ["speech.audio.delta", "speech.audio.delta", "speech.audio.done"]
+
+
+def test_socketio_speak_streams_chunks(server, slowed):
+    import socketio
+
+    got, done = [], threading.Event()
+    sio = socketio.Client()
+
+    @sio.on("audio", namespace="/tts")
+    def on_audio(data):
+        got.append(data)
+        slowed.first_bytes_seen.set()
+
+    @sio.on("done", namespace="/tts")
+    def on_done(data):
+        got.append(("done", data))
+        done.set()
+
+    sio.connect(server.url, namespaces=["/tts"], auth={"token": API_KEY}, transports=["polling"])
+    try:
+        sio.emit("speak", {"text": TWO_SENTENCES, "chunk_size": 50, "request_id": "r1"}, namespace="/tts")
+        assert done.wait(120)
+    finally:
+        sio.disconnect()
+    assert [g["index"] for g in got[:2]] == [0, 1] and got[0]["sample_rate"] == RATE
+    assert slowed.order[:2] == ["generate Esta es la", "waiting for client"]
+    assert slowed.order[2].startswith("generate Y esta")
+    assert got[2][1]["engine"] == "chatterbox-multilingual"
+
+
+def test_service_speaks_sentence_by_sentence_without_http(server):
+    svc = server.app.extensions["enfoads.tts"]
+    pieces = list(svc.speak(TWO_SENTENCES, language="es", chunk_size=50))
+    assert len(pieces) == 2 and all(rate == RATE and s.dtype == np.float32 for s, rate in pieces)
