@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     tts_max_chars: int = Field(5000, ge=1, description="longest text one request may speak")
     tts_clip_min_seconds: float = Field(5.0, gt=0, description="shortest reference clip for a cloned voice")
     tts_clip_max_seconds: float = Field(30.0, gt=0, description="longest reference clip for a cloned voice")
+    tts_kyutai_voice: str = Field("expresso/ex03-ex01_happy_001_channel1_334s.wav",
+                                  description="Kyutai's default voice: its name in kyutai/tts-voices")
+    tts_kyutai_max_seconds: float = Field(
+        60.0, gt=0, le=600, description="longest audio Kyutai generates for one chunk; it stops there even if "
+                                        "the text is not finished")
+    tts_kyutai_cfg_coef: float = Field(
+        2.0, ge=1.0, le=4.0, multiple_of=0.5,
+        description="Kyutai's classifier-free guidance strength (1-4 in steps of 0.5: its CFG-distilled values)")
 
     # --- face ---
     face_det_size: int = Field(640, ge=64, le=2048, multiple_of=32,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.media import AUDIO_FORMATS, audio_mime, encode_audio
 from services.tts import audio as tts_audio
+from services.tts.kyutai_engine import KyutaiOptions
 from services.tts.service import MAX_CHUNK, SpeechRequest, TtsService
 
 from ..api import doc, form_params, json_body, ok
@@ -264,7 +265,7 @@ def openai_speech():
 @bp.get("/v1/voices")
 @doc(summary="Voices: built-in, predefined and cloned", tags=["tts"])
 def list_voices():
-    return ok({"object": "list", "data": [v.public() for v in service().voices.list()]})
+    return ok({"object": "list", "data": service().list_voices()})
 
 
 @bp.post("/v1/audio/voices")
@@ -351,8 +352,10 @@ class TtsNamespace(AuthedNamespace):
 
 def install(app, b) -> None:
     s = b.settings
+    kyutai = KyutaiOptions(default_voice=s.tts_kyutai_voice, max_seconds=s.tts_kyutai_max_seconds,
+                           cfg_coef=s.tts_kyutai_cfg_coef)
     svc = TtsService(b.model_env, voices_dir=s.data_dir / "voices", max_chars=s.tts_max_chars,
-                     clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds)
+                     clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai)
     svc.register_models()
     app.extensions["enfoads.tts"] = svc
     speech, stream = make_handlers(svc)

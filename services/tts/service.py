@@ -19,6 +19,7 @@ from prefetch import manifest
 from ..errors import InvalidInput
 from . import audio, text as text_mod
 from .chatterbox_engine import CHATTERBOX_MODELS, ChatterboxEngine
+from .kyutai_engine import KyutaiEngine, KyutaiOptions
 from .voices import VoiceStore
 
 log = logging.getLogger("enfoads.tts")
@@ -71,12 +72,15 @@ Progress = Callable[[float, str], None]
 
 class TtsService:
     def __init__(self, model_env, *, voices_dir: Path, max_chars: int = 5000, clip_min_s: float = 5.0,
-                 clip_max_s: float = 30.0, engines: dict | None = None):
+                 clip_max_s: float = 30.0, engines: dict | None = None, kyutai: KyutaiOptions | None = None):
         self.env = model_env
         self.max_chars = max_chars
         self.voices = VoiceStore(voices_dir, min_seconds=clip_min_s, max_seconds=clip_max_s)
-        self.engines: dict = engines if engines is not None else {
-            spec.model_id: ChatterboxEngine(spec, model_env) for spec in CHATTERBOX_MODELS}
+        if engines is None:
+            engines = {spec.model_id: ChatterboxEngine(spec, model_env) for spec in CHATTERBOX_MODELS}
+            kyutai_engine = KyutaiEngine(model_env, kyutai)
+            engines[kyutai_engine.name] = kyutai_engine
+        self.engines: dict = engines
         self._lock = threading.Lock()
 
     def register_models(self) -> None:
@@ -84,6 +88,20 @@ class TtsService:
             # Chatterbox stays fp32 on every GPU (see ChatterboxEngine._load).
             dtype = "float32" if getattr(engine, "family", "") == "chatterbox" else self.env.dtype
             engine.register(self.env.vram, manifest.vram_estimate(engine.name, dtype))
+
+    def list_voices(self) -> list[dict]:
+        """Clip voices (built-in, predefined, cloned: every Chatterbox model) and each engine's own."""
+        found = [v.public() for v in self.voices.list()]
+        for engine in self.engines.values():
+            if hasattr(engine, "voices"):
+                found += [v.public() for v in engine.voices().values()]
+        return found
+
+    def _voice(self, engine, voice_id: str | None):
+        """The request's voice as the engine takes it (engines with their own voices resolve them)."""
+        if hasattr(engine, "resolve_voice"):
+            return engine.resolve_voice(voice_id, self.voices)
+        return self.voices.get(voice_id)
 
     def models(self) -> list[dict]:
         return [{"id": name, "languages": list(e.languages), "sample_rate": e.sample_rate,
@@ -118,9 +136,16 @@ class TtsService:
                                    f"(it speaks {', '.join(engine.languages)})", param="language",
                                    code="unsupported_language")
             routed_from, engine = req.model, fallback
+            own = self.engines[req.model]
+            if hasattr(own, "voices") and req.voice in own.voices():
+                # a voice only the asked model has: the fallback speaks with its built-in voice
+                log.info("%s: voice %s is %s's own; %s speaks with its built-in voice", language, req.voice,
+                         req.model, engine.name)
+                req = replace(req, voice=None)
         if not engine.available():
-            self.env.locate(engine.name)  # raises ModelUnavailable with the prefetch command
-        self.voices.get(req.voice)  # unknown voice -> 404 now, not after loading a model
+            for key in getattr(engine, "model_keys", (engine.name,)):
+                self.env.locate(key)  # raises ModelUnavailable with the prefetch command
+        self._voice(engine, req.voice)  # unknown voice -> 404 now, not after loading a model
         chunks = text_mod.chunk_text(text, language, req.chunk_size) if req.split_text else [text]
         req = replace(req, language=language, text=text)
         return Plan(req, engine, chunks, routed_from)
@@ -129,7 +154,7 @@ class TtsService:
     def stream(self, plan: Plan, progress: Progress | None = None) -> Iterator[Chunk]:
         """Generate chunk by chunk; each is yielded as soon as it exists."""
         req, engine = plan.request, plan.engine
-        voice = self.voices.get(req.voice)
+        voice = self._voice(engine, req.voice)
         total = len(plan.chunks)
         if progress:
             progress(0.0, f"{engine.name}: {total} chunk(s)")

@@ -6,6 +6,8 @@ stop token, so its weights are rigged: the transformer blocks add nothing (zeroe
 projections), each speech position then maps to one fixed speech token below 6561, and from
 `RIGGED_TOKENS` on the stop token wins (or, where the multilingual alignment analyzer suppresses
 it, a repeated token that makes the analyzer force the stop). Everything after T3 stays random.
+
+Kyutai DSM TTS: see `kyutai_smoke`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 from prefetch.manifest import smoke_builder
 
 from . import chatterbox_arch
+from .kyutai_smoke import build_kyutai
 
 log = logging.getLogger("enfoads.tts.smoke")
 
@@ -130,4 +133,5 @@ def build(models_dir: Path) -> None:
     models_dir = Path(models_dir)
     build_chatterbox(models_dir / "chatterbox-multilingual", multilingual=True)
     build_chatterbox(models_dir / "chatterbox-en", multilingual=False)
+    build_kyutai(models_dir)
     log.info("built tiny TTS models in %s", models_dir)

@@ -1,0 +1,98 @@
+"""Kyutai DSM TTS (moshi) through HTTP on a tiny random-weight checkpoint; Spanish routed to Chatterbox."""
+import io
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import API_KEY
+
+H = {"Authorization": f"Bearer {API_KEY}"}
+KYUTAI = "kyutai-tts-1.6b-en_fr"
+VOICE = "kyutai-expresso-ex03-ex01_happy_001_channel1_334s"
+RATE = 24000
+MAX_SECONDS = 4.0  # a random LM may never finish the text: the product's cap ends it
+
+
+@pytest.fixture(scope="module")
+def server(smoke_models, tmp_path_factory):
+    import torch
+
+    from backend.server import Server
+    from backend.settings import load_settings
+
+    torch.set_num_threads(1)
+    settings = load_settings(profile="smoke", data_dir=tmp_path_factory.mktemp("kyutai-data"), api_key=API_KEY,
+                             device="cpu", port=0, job_wait_seconds=120, models_dir=smoke_models("tts"),
+                             tts_kyutai_max_seconds=MAX_SECONDS)
+    srv = Server(settings).start()
+    yield srv
+    srv.stop()
+
+
+def post(server, body, path="/tts"):
+    return requests.post(f"{server.url}{path}", json=body, headers=H, timeout=180)
+
+
+def decode(data: bytes):
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        rate = container.streams.audio[0].codec_context.sample_rate
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    return samples, rate
+
+
+@pytest.mark.parametrize("language,text", [("en", "Hello there, how are you?"),
+                                           ("fr", "Bonjour, comment allez-vous ?")])
+def test_kyutai_speaks_english_and_french_itself(server, language, text):
+    r = post(server, {"text": text, "model": KYUTAI, "language": language, "seed": 1, "output_format": "wav"})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-TTS-Engine"] == KYUTAI and "X-TTS-Routed-From" not in r.headers
+    samples, rate = decode(r.content)
+    assert rate == RATE and r.headers["X-Sample-Rate"] == str(RATE)
+    assert 0 < samples.size <= (MAX_SECONDS + 1) * RATE and np.isfinite(samples).all()
+
+
+def test_spanish_asked_of_kyutai_is_spoken_by_chatterbox(server):
+    body = {"input": "Hola, ¿cómo estás?", "model": KYUTAI, "language": "es", "voice": VOICE,
+            "response_format": "wav"}
+    r = post(server, body, "/v1/audio/speech")
+    assert r.status_code == 200, r.text
+    assert r.headers["X-TTS-Engine"] == "chatterbox-multilingual"
+    assert r.headers["X-TTS-Routed-From"] == KYUTAI
+    assert decode(r.content)[1] == 24000
+    # the job's JSON says the same
+    r = requests.post(f"{server.url}/tts?async=true", json={"text": "Hola.", "model": KYUTAI, "language": "es"},
+                      headers=H, timeout=30)
+    assert r.status_code == 202, r.text
+    location = r.json()["location"]
+    for _ in range(1200):
+        job = requests.get(f"{server.url}{location}", headers=H, timeout=10).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["engine"] == "chatterbox-multilingual" and job["result"]["routed_from"] == KYUTAI
+
+
+def test_kyutai_voices_are_listed_and_clip_voices_refused(server):
+    data = requests.get(f"{server.url}/v1/audio/voices", headers=H, timeout=10).json()["data"]
+    kyutai = [v for v in data if v["type"] == "kyutai"]
+    assert [v["id"] for v in kyutai] == [VOICE] and kyutai[0]["name"].startswith("expresso/")
+    r = post(server, {"text": "Hello.", "model": KYUTAI, "language": "en", "voice": "nobody"})
+    assert r.status_code == 404 and VOICE in r.json()["error"]["message"]
+    r = post(server, {"text": "Hello.", "model": KYUTAI, "language": "en", "voice": "default"})
+    assert r.status_code == 200 and r.headers["X-TTS-Engine"] == KYUTAI
+
+
+def test_missing_kyutai_files_answer_503_naming_the_prefetch_command(live_server, make_settings, tmp_path):
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    srv = live_server(make_settings(models_dir=empty))
+    r = requests.post(f"{srv.url}/tts", json={"text": "Hello.", "model": KYUTAI, "language": "en"}, headers=H,
+                      timeout=30)
+    assert r.status_code == 503, r.text
+    message = r.json()["error"]["message"]
+    assert "python -m prefetch" in message and KYUTAI in message
