@@ -372,7 +372,10 @@ _SPECS: list[ModelSpec] = [
         vram_bytes={"fp16": 4_800 * MB, "bf16": 4_800 * MB, "fp32": 8_800 * MB},
         license="cc-by-4.0",
         runtime="torch",
-        note="English and French only; moshi defaults to bf16: use fp16/fp32 on a T4",
+        note="English and French only; needs kyutai-tts-voices too. Loaded with moshi's CheckpointInfo."
+        "from_hf_repo (every path given: no hub call; config.json must not name mimi_config_name or "
+        "lora_name) and TTSModel.from_checkpoint_info; moshi defaults to bf16: the server uses the dtype "
+        "policy (fp16 on a T4, fp32 on CPU)",
     ),
     ModelSpec(
         key="kyutai-tts-voices",
@@ -387,7 +390,8 @@ _SPECS: list[ModelSpec] = [
         vram_bytes={"fp32": 2 * MB},
         license="mixed: CC0/CC-BY-4.0/CC-BY-NC-4.0",
         runtime="torch",
-        note="voice conditioning for kyutai-tts-1.6b-en_fr; the license depends on the voice's "
+        note="voice conditioning for kyutai-tts-1.6b-en_fr (speaker_wavs [1, 512, 125] per voice; "
+        "listed as kyutai-<folder>-<file> voice ids); the license depends on the voice's "
         "folder (see its README); size approximate",
     ),
     # ---- vita: realtime assistant (VAD + whisper + VLM + TTS)
