@@ -98,3 +98,12 @@ def test_missing_kyutai_files_answer_503_naming_the_prefetch_command(live_server
     assert r.status_code == 503, r.text
     message = r.json()["error"]["message"]
     assert "python -m prefetch" in message and KYUTAI in message
+
+
+def test_kyutai_streams_chunk_by_chunk(server):
+    body = {"input": "Bonjour tout le monde, voici la première phrase. Et voici la deuxième phrase du texte.",
+            "model": KYUTAI, "language": "fr", "chunk_size": 50, "response_format": "pcm", "stream_format": "sse"}
+    r = post(server, body, "/v1/audio/speech")
+    assert r.status_code == 200 and r.headers["X-TTS-Engine"] == KYUTAI
+    events = [line for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [e.count("speech.audio.delta") for e in events] == [1, 1, 0] and "speech.audio.done" in events[-1]
