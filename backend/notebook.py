@@ -169,6 +169,18 @@ def running_server() -> Server | None:
         return _server if _server is not None and not getattr(_server, "_stopped", False) else None
 
 
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def start_server(settings: Settings, *, show_log: bool = True) -> Server:
     """Start the app in a background thread of this kernel, once.
 
@@ -180,19 +192,16 @@ def start_server(settings: Settings, *, show_log: bool = True) -> Server:
             print(f"The server is already running at {_server.url} (started by an earlier run of this "
                   "cell); not starting a second one. Restart the runtime to start afresh.")
             return _server
+        # Checked before building the app: werkzeug answers a taken port with sys.exit(1).
+        if settings.port and not _port_free(settings.host, settings.port):
+            raise RuntimeError(
+                f"port {settings.port} is already in use by another process (a server started outside "
+                "this notebook?). Stop it, or set ENFOADS_PORT to another port.")
         if show_log:
             if _log_view is not None:
                 _log_view.detach()
             _log_view = LogView().attach()
-        try:
-            server = Server(settings)
-        except OSError as exc:
-            if exc.errno in (98, 48):  # EADDRINUSE (Linux, macOS)
-                raise RuntimeError(
-                    f"port {settings.port} is already in use by another process (a server started outside "
-                    "this notebook?). Stop it, or set ENFOADS_PORT to another port.") from None
-            raise
-        _server = server.start()
+        _server = Server(settings).start()
         return _server
 
 
