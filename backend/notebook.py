@@ -1,0 +1,342 @@
+"""What the Colab notebook's cells call, so that the cells stay a few lines each.
+
+Works in three places: Colab (GPU runtime, secrets, Drive, tunnel), a plain Jupyter kernel, and
+the notebook's CI mode under nbmake (no `google.colab`: smoke models, no Drive, no tunnel).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from services import diagnostics
+
+from .server import Server
+from .settings import Settings, load_settings
+
+log = logging.getLogger("enfoads.notebook")
+
+_lock = threading.Lock()
+_server: Server | None = None  # one server per kernel: rerunning the server cell reuses it
+_log_view: "LogView | None" = None
+
+
+def in_colab() -> bool:
+    try:
+        import google.colab  # noqa: F401  type: ignore[import-not-found]
+    except Exception:
+        return False
+    return True
+
+
+def find_repo_root(start: str | Path | None = None) -> Path:
+    """The checkout holding backend/ (the notebook runs from notebooks/, or from the repo root)."""
+    here = Path(start or Path.cwd()).resolve()
+    for cand in (here, *here.parents):
+        if (cand / "backend" / "app.py").is_file() and (cand / "prefetch").is_dir():
+            return cand
+    raise FileNotFoundError(f"no EnfoadsIA checkout (backend/app.py) in {here} or above")
+
+
+# ------------------------------------------------------------------------------------------- GPU
+
+def gpu_check() -> tuple[str, str | None]:
+    """(report, warning): GPU name, VRAM, compute capability and the dtype it implies; a warning
+    when the runtime has no GPU (the server still runs, on CPU, slowly)."""
+    from services import device as device_policy
+
+    info = diagnostics.gpu_info()
+    if info.get("torch") is None:
+        return "torch is not installed", "torch does not import: run the setup cell first"
+    if not info.get("cuda_available"):
+        warning = ("NO GPU: this runtime has none. The server will run on the CPU, where image "
+                   "generation and speech take minutes instead of seconds. In Colab: Runtime > Change "
+                   "runtime type > T4 GPU, then Run all again.")
+        return f"torch {info['torch']}, CUDA not available; dtype float32", warning
+    dtype = device_policy.dtype_name("cuda", "auto")
+    report = (f"GPU: {info['gpu_name']}, {info['vram_total_gb']:.1f} GB VRAM "
+              f"({info['vram_free_gb']:.1f} GB free), compute capability {info['compute_capability']} "
+              f"-> dtype {dtype}; torch {info['torch']}, CUDA {info['cuda_version']}")
+    warning = None
+    if info["vram_total_gb"] < 14:
+        warning = (f"this GPU has {info['vram_total_gb']:.1f} GB: the offloader will swap models more "
+                   "often than on a 15 GB T4")
+    return report, warning
+
+
+# --------------------------------------------------------------------------------------- storage
+
+def mount_drive(folder: str = "EnfoadsIA") -> Path | None:
+    """Mount Google Drive and return <My Drive>/<folder> for the data dir, or None (not in Colab,
+    or the mount was refused: the data dir then stays on the runtime's disk)."""
+    if not in_colab():
+        return None
+    try:
+        from google.colab import drive  # type: ignore[import-not-found]
+
+        drive.mount("/content/drive")
+    except Exception as exc:
+        print(f"Google Drive not mounted ({type(exc).__name__}: {exc}); data stays on this runtime's disk "
+              "and is lost when the runtime resets.")
+        return None
+    path = Path("/content/drive/MyDrive") / folder
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- server
+
+class LogView:
+    """The server log, live, in the output of the cell that started the server.
+
+    The server logs from its own threads, long after the cell finished: one display updated in
+    place (IPython display_id) keeps the last lines where the user looks, instead of scattering
+    them into whichever cell runs next. Outside IPython, a plain stdout handler."""
+
+    def __init__(self, lines: int = 30, interval: float = 1.0, level: int = logging.INFO):
+        self.buffer: collections.deque[str] = collections.deque(maxlen=lines)
+        self.interval = interval
+        self.handler = logging.Handler(level)
+        self.handler.emit = self._emit  # type: ignore[method-assign]
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                                    "%H:%M:%S"))
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._display = None
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+
+            if get_ipython() is not None:
+                self._display = display(self._text(), display_id=True)
+        except Exception:
+            self._display = None
+        if self._display is not None:
+            threading.Thread(target=self._refresh_loop, name="enfoads-log-view", daemon=True).start()
+
+    def _text(self):
+        from IPython.display import Pretty
+
+        return Pretty("server log (latest lines):\n" + ("\n".join(self.buffer) or "(nothing yet)"))
+
+    def _emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.handler.format(record)
+        except Exception:
+            line = record.getMessage()
+        if self._display is None:
+            print(line, flush=True)
+            return
+        self.buffer.append(line)
+        self._dirty.set()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._dirty.wait(self.interval) and not self._stop.is_set():
+                self._dirty.clear()
+                try:
+                    self._display.update(self._text())
+                except Exception:
+                    pass
+                time.sleep(self.interval)
+
+    def attach(self) -> "LogView":
+        root = logging.getLogger()
+        if self._display is not None:
+            # A library's logging.basicConfig() sends every record to stderr, i.e. into whichever
+            # cell runs at the time: the view replaces it while it is attached.
+            self._muted = [h for h in root.handlers if type(h) is logging.StreamHandler]
+            for h in self._muted:
+                root.removeHandler(h)
+        root.addHandler(self.handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        return self
+
+    def detach(self) -> None:
+        self._stop.set()
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        for h in getattr(self, "_muted", []):
+            root.addHandler(h)
+
+
+def running_server() -> Server | None:
+    with _lock:
+        return _server if _server is not None and not getattr(_server, "_stopped", False) else None
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_server(settings: Settings, *, show_log: bool = True) -> Server:
+    """Start the app in a background thread of this kernel, once.
+
+    A second call while it runs returns the running server (and says so) instead of starting
+    another on the same port. A port held by something else is explained, not a traceback."""
+    global _server, _log_view
+    with _lock:
+        if _server is not None and not getattr(_server, "_stopped", False):
+            print(f"The server is already running at {_server.url} (started by an earlier run of this "
+                  "cell); not starting a second one. Restart the runtime to start afresh.")
+            return _server
+        # Checked before building the app: werkzeug answers a taken port with sys.exit(1).
+        if settings.port and not _port_free(settings.host, settings.port):
+            raise RuntimeError(
+                f"port {settings.port} is already in use by another process (a server started outside "
+                "this notebook?). Stop it, or set ENFOADS_PORT to another port.")
+        if show_log:
+            if _log_view is not None:
+                _log_view.detach()
+            _log_view = LogView().attach()
+        _server = Server(settings).start()
+        return _server
+
+
+def stop_server() -> None:
+    global _server, _log_view
+    with _lock:
+        server, _server = _server, None
+        view, _log_view = _log_view, None
+    if server is not None:
+        server.stop()
+    if view is not None:
+        view.detach()
+
+
+def settings_for(*, ci: bool, data_dir: Path, **overrides) -> Settings:
+    """The notebook's settings: Colab/GPU, or CI mode (smoke models on the CPU, a free port)."""
+    if ci:
+        # face_det_size 256: the smoke detector's grid (services/face/smoke.py)
+        values = dict(profile="smoke", device="cpu", port=0, data_dir=data_dir, face_det_size=256)
+    else:
+        values = dict(profile="colab" if in_colab() else "local", host="0.0.0.0" if in_colab() else "127.0.0.1",
+                      port=int(os.environ.get("ENFOADS_PORT", 8000)), data_dir=data_dir)
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def connection_help(server: Server, public_url: str | None, provider: str | None) -> str:
+    url = public_url or server.url
+    lines = [
+        "=" * 72,
+        f"  URL (Servidor):  {url}",
+        f"  API key (Clave): {server.api_key}",
+        "=" * 72,
+        "In the EnfoadsIA frontend: Settings (Ajustes) > Backend: paste the URL into 'Server URL' and the",
+        "key into 'API key', then press 'Test connection'. The frontend sends the key as",
+        "'Authorization: Bearer <key>' and, for Socket.IO, as auth: {token}.",
+    ]
+    if provider == "ngrok":
+        lines.append("Clients must also send 'ngrok-skip-browser-warning: 1' (the frontend does).")
+    elif provider == "colab-proxy":
+        lines.append("This is Colab's proxy URL: it works only in this browser, signed in to Colab.")
+    else:
+        lines.append("This URL is local to this machine (no tunnel).")
+    lines.append(f"Check it: curl {url}/health")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- diagnostics
+
+def diagnostics_text(settings: Settings) -> str:
+    r = diagnostics.report(settings.data_dir, device=settings.resolved_device, dtype=settings.dtype_name)
+    gpu = r["gpu"]
+    ort = r["onnxruntime"]
+    pkgs = ", ".join(f"{k} {v}" for k, v in r["packages"].items() if v)
+    absent = ", ".join(k for k, v in r["packages"].items() if not v)
+    lines = [
+        f"Python {r['python']} on {r['platform']}",
+        f"device {r['device']}, dtype {r['dtype']}",
+        ("GPU: " + (f"{gpu.get('gpu_name')}, {gpu.get('vram_total_gb')} GB, compute {gpu.get('compute_capability')}, "
+                    f"CUDA {gpu.get('cuda_version')}" if gpu.get("cuda_available") else "none (CPU only)")),
+        f"ONNX Runtime providers: {', '.join(ort.get('available', [])) or ort.get('error')}",
+        f"data dir: {r['disk']['path']} ({r['disk']['free_gb']} GB free of {r['disk']['total_gb']} GB)",
+        f"packages: {pkgs}",
+    ]
+    if absent:
+        lines.append(f"not installed: {absent}")
+    return "\n".join(lines)
+
+
+def vram_text(server: Server) -> str:
+    snap = server.app.extensions["enfoads"].vram.snapshot()
+    lines = [f"{snap['device']}: {snap['used_bytes'] / 1024**3:.2f} GB used of {snap['budget_bytes'] / 1024**3:.2f} GB "
+             f"budget, peak {snap['peak_bytes'] / 1024**3:.2f} GB, swaps {snap['swaps']}"]
+    for m in snap["models"]:
+        lines.append(f"  {m['name']:<32} {m['family'] or '':<8} {m['state']:<9} {m['bytes'] / 1024**3:6.2f} GB"
+                     + ("  in use" if m["in_use"] else "") + ("  pinned" if m["pinned"] else ""))
+    return "\n".join(lines)
+
+
+def vram_view(server: Server, *, seconds: float = 3600, interval: float = 2.0):
+    """A live VRAM view (ipywidgets, Colab's own: never installed here), refreshed in a background
+    thread for `seconds`; without ipywidgets, one text snapshot."""
+    try:
+        import ipywidgets as widgets
+        from IPython.display import display
+    except Exception:
+        print(vram_text(server))
+        return None
+    snap = server.app.extensions["enfoads"].vram.snapshot()
+    bar = widgets.FloatProgress(min=0, max=max(snap["budget_bytes"], 1) / 1024**3, description="VRAM GB")
+    text = widgets.HTML()
+    box = widgets.VBox([bar, text])
+    display(box)
+    stop = threading.Event()
+
+    def refresh():
+        end = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < end and running_server() is server:
+            s = server.app.extensions["enfoads"].vram.snapshot()
+            bar.value = s["used_bytes"] / 1024**3
+            text.value = "<pre>" + vram_text(server) + "</pre>"
+            stop.wait(interval)
+
+    threading.Thread(target=refresh, name="enfoads-vram-view", daemon=True).start()
+    box.stop = stop.set  # type: ignore[attr-defined]
+    return box
+
+
+# -------------------------------------------------------------------------------------- prefetch
+
+# What a ticked family downloads by default: the models its default routes load. Others (the
+# English and Turbo Chatterbox, Kyutai, smaller whispers) go in the form's extra-models field.
+DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
+    "image": ("image",),
+    "face": ("face",),
+    "whisper": ("whisper-large-v3-turbo",),
+    "tts": ("chatterbox-multilingual",),
+    # the assistant hears with whisper and speaks with Chatterbox
+    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual"),
+}
+
+
+def prefetch_names(choice: dict[str, bool], extra: str = "") -> list[str]:
+    """`python -m prefetch` arguments (families and model keys) for the form's ticks + extras."""
+    from prefetch import manifest as mf
+
+    names: list[str] = []
+    for family, ticked in choice.items():
+        if family not in DEFAULT_MODELS:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(DEFAULT_MODELS)}")
+        if ticked:
+            names += [n for n in DEFAULT_MODELS[family] if n not in names]
+    for name in extra.replace(",", " ").split():
+        if name not in mf.MANIFEST and name not in mf.FAMILIES:
+            raise ValueError(f"unknown model {name!r} in the extra models; see `python -m prefetch --list`")
+        if name not in names:
+            names.append(name)
+    return names

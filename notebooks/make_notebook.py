@@ -1,0 +1,197 @@
+"""Writes notebooks/enfoads_colab.ipynb from the cell sources below (run after editing them):
+
+    python notebooks/make_notebook.py
+
+The notebook's logic lives in backend/notebook.py, backend/selftest.py and prefetch/, which
+have unit tests; the cells only wire them together. Colab reads `# @title` / `# @param` comments
+as forms.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+INTRO = """\
+# EnfoadsIA backend · Servidor de IA en Colab
+
+Run all (**Entorno de ejecución > Ejecutar todas**) on a **T4 GPU** runtime (Runtime > Change runtime
+type > T4 GPU). Then copy the **URL** and the **API key** printed by cell 3 into the frontend's
+settings (Ajustes > Backend).
+
+Before the first run, in the key icon (Secrets) on the left, add with notebook access:
+- `NGROK_AUTHTOKEN`: a free token from https://dashboard.ngrok.com/get-started/your-authtoken
+  (without it, the notebook falls back to Colab's own proxy URL, which only works in this browser);
+- `HF_TOKEN` (optional): a Hugging Face token, only needed for gated models;
+- `ENFOADS_API_KEY` (optional): a fixed API key; otherwise one is generated and kept in the data dir.
+
+Outside Colab (CI, `pytest --nbmake notebooks/`) the notebook runs in CI mode: it installs nothing,
+builds tiny random-weight models, starts the server, sends one real request per family, and stops.
+"""
+
+SETUP = """\
+# @title 1. Setup · Preparación { display-mode: "form" }
+# @markdown Where to get the code (a branch, tag or commit) and the GPU check.
+REPO_URL = "https://github.com/YOUR-ACCOUNT/enfoads-backend.git"  # @param {type:"string"}
+REF = "main"  # @param {type:"string"}
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import google.colab  # noqa: F401
+    IN_COLAB = True
+except ImportError:
+    IN_COLAB = False
+CI_MODE = not IN_COLAB
+
+if IN_COLAB:
+    REPO = Path("/content/enfoads-backend")
+    if not (REPO / ".git").is_dir():
+        if "YOUR-ACCOUNT" in REPO_URL:
+            raise SystemExit("Set REPO_URL (the form above) to the backend's git repository, then run again.")
+        subprocess.run(["git", "clone", "--quiet", REPO_URL, str(REPO)], check=True)
+    # Update to the chosen ref (branch, tag or commit); local edits in the clone are discarded.
+    subprocess.run(["git", "-C", str(REPO), "fetch", "--quiet", "origin", REF], check=True)
+    subprocess.run(["git", "-C", str(REPO), "checkout", "--quiet", "--force", "FETCH_HEAD"], check=True)
+    print(subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=code: %h %s (%cr)"],
+                         capture_output=True, text=True).stdout)
+    # Colab's torch, torchaudio, torchvision and numpy are held as constraints (never reinstalled).
+    subprocess.run(["bash", "scripts/install.sh", "--colab"], cwd=REPO, check=True)
+else:
+    REPO = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "backend" / "app.py").is_file())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # CI has no hub: a forgotten download fails fast
+    print(f"CI mode (no google.colab): installing nothing, using the checkout at {REPO}")
+
+os.chdir(REPO)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from backend import notebook as nb
+
+gpu_report, gpu_warning = nb.gpu_check()
+print(gpu_report)
+if gpu_warning:
+    print("\\n*** WARNING ***", gpu_warning)
+"""
+
+PREFETCH = """\
+# @title 2. Models · Descargar modelos { display-mode: "form" }
+# @markdown Families to download (resumes; skips what is already there). Extra models: keys from
+# @markdown `python -m prefetch --list`, e.g. `chatterbox-turbo kyutai-tts-1.6b-en_fr whisper-small`.
+IMAGE = True  # @param {type:"boolean"}
+FACE = True  # @param {type:"boolean"}
+WHISPER = True  # @param {type:"boolean"}
+TTS = True  # @param {type:"boolean"}
+VITA = True  # @param {type:"boolean"}
+EXTRA_MODELS = ""  # @param {type:"string"}
+
+from prefetch.__main__ import main as prefetch
+
+if CI_MODE:
+    import tempfile
+    DATA_DIR = Path(tempfile.mkdtemp(prefix="enfoads-ci-"))
+    MODELS_DIR = DATA_DIR / "models"
+    rc = prefetch(["--smoke", "--data-dir", str(DATA_DIR)])
+    if rc != 0:
+        raise RuntimeError(f"building the smoke models failed (exit {rc}); see above")
+else:
+    # Models stay on the runtime's fast local disk (Drive would be slow and fill its quota).
+    MODELS_DIR = Path("/content/enfoads-models")
+    names = nb.prefetch_names({"image": IMAGE, "face": FACE, "whisper": WHISPER, "tts": TTS, "vita": VITA},
+                              EXTRA_MODELS)
+    rc = prefetch([*names, "--models-dir", str(MODELS_DIR)]) if names else 0
+    if rc == 3:
+        raise SystemExit("Not enough disk for the chosen models (see above): untick some, then run again.")
+    if rc != 0:
+        print("\\nSome models failed (see above): their routes will answer 503 with the command to retry; "
+              "the others work. Rerun this cell to resume.")
+"""
+
+SERVER = """\
+# @title 3. Server · Servidor { display-mode: "form" }
+# @markdown Keep data (jobs, outputs, voices, the API key) in Google Drive so it survives a runtime reset.
+USE_DRIVE = False  # @param {type:"boolean"}
+
+if CI_MODE:
+    settings = nb.settings_for(ci=True, data_dir=DATA_DIR)
+else:
+    drive_dir = nb.mount_drive("EnfoadsIA") if USE_DRIVE else None
+    settings = nb.settings_for(ci=False, data_dir=drive_dir or Path("/content/enfoads-data"),
+                               models_dir=MODELS_DIR)
+
+server = nb.start_server(settings)  # a second run of this cell reuses the running server
+
+if CI_MODE:
+    public_url, provider = None, None
+    print("CI mode: no Drive, no tunnel")
+else:
+    from backend.tunnel import open_tunnel
+
+    tunnel = open_tunnel(server.port, authtoken=settings.ngrok_authtoken)
+    print(tunnel.message)
+    public_url, provider = tunnel.public_url, tunnel.provider
+print(nb.connection_help(server, public_url, provider))
+"""
+
+DIAGNOSTICS = """\
+# @title 4. Diagnostics · Diagnóstico { display-mode: "form" }
+# @markdown System, GPU, packages, ONNX Runtime providers, the data dir; one real request per family
+# @markdown (load time, VRAM change, speed on this GPU); a live VRAM view.
+RUN_SELF_TEST = True  # @param {type:"boolean"}
+
+print(nb.diagnostics_text(settings))
+print()
+if RUN_SELF_TEST or CI_MODE:
+    from backend.selftest import SelfTest, format_results
+
+    results = SelfTest(server.url, server.api_key).run()
+    print()
+    print(format_results(results))
+vram_box = nb.vram_view(server, seconds=10 if CI_MODE else 6 * 3600)
+"""
+
+CI_CHECK = """\
+# @title 5. CI only · Solo en CI
+# @markdown In Colab this cell does nothing: the server keeps running for the frontend.
+if CI_MODE:
+    try:
+        broken = [r for r in results if r.status not in ("ok", "not installed")]
+        assert not broken, "self-test failed: " + "; ".join(f"{r.family}: {r.status} ({r.detail})" for r in broken)
+        assert any(r.ok for r in results), "no family answered"
+    finally:
+        nb.stop_server()
+    print("CI mode: every installed family answered; server stopped")
+"""
+
+
+def build() -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata.update({
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "accelerator": "GPU",
+        "colab": {"provenance": [], "gpuType": "T4", "toc_visible": True},
+    })
+    nb.cells = [new_markdown_cell(INTRO)] + [
+        new_code_cell(src, metadata={"cellView": "form"}) for src in (SETUP, PREFETCH, SERVER, DIAGNOSTICS, CI_CHECK)
+    ]
+    names = ("intro", "setup", "prefetch", "server", "diagnostics", "ci-check")
+    for cell, name in zip(nb.cells, names):
+        cell.id = name  # stable ids: regenerating gives no diff
+    return nb
+
+
+def main() -> None:
+    out = Path(__file__).with_name("enfoads_colab.ipynb")
+    notebook = build()
+    nbformat.validate(notebook)
+    nbformat.write(notebook, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

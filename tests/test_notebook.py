@@ -1,0 +1,120 @@
+"""What the notebook's cells rely on: the self-test client against a real server, the one-server
+rule, the GPU check, the prefetch form, the connection text. The notebook itself runs under
+nbmake (scripts/test.sh)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from backend import notebook as nb
+from backend.selftest import SelfTest, format_results
+from tests.conftest import API_KEY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(smoke_models):
+    return smoke_models("face", "whisper", "tts")
+
+
+def test_self_test_runs_one_real_request_per_installed_family(live_server, make_settings, models):
+    server = live_server(make_settings(models_dir=models, face_det_size=256))
+    results = {r.family: r for r in SelfTest(server.url, API_KEY, log=lambda m: None).run()}
+
+    for family in ("tts", "whisper", "face"):
+        r = results[family]
+        assert r.status == "ok", r.detail
+        assert r.seconds > 0 and r.load_seconds is not None and r.load_seconds > 0  # first use loads it
+        assert r.vram_delta_gb > 0  # the offloader now holds it
+    assert results["tts"].speed.startswith("RTF ") and "24000 Hz" in results["tts"].detail
+    assert results["whisper"].speed.startswith("RTF ")
+    assert results["face"].speed.endswith(" s/image") and "1 face(s) found" in results["face"].detail
+    # families whose code this server lacks are reported, not crashed on
+    for family in ("image", "vita"):
+        if results[family].status != "ok":
+            assert results[family].status == "not installed"
+    table = format_results(list(results.values()))
+    assert table.splitlines()[0].split()[:3] == ["FAMILY", "STATUS", "REQUEST"]
+
+
+def test_self_test_reports_missing_models_with_the_prefetch_command(live_server, make_settings, tmp_path):
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    server = live_server(make_settings(models_dir=empty))
+    results = SelfTest(server.url, API_KEY, log=lambda m: None).run(["face", "whisper"])
+    assert [r.status for r in results] == ["models missing", "models missing"]
+    assert all("python -m prefetch" in r.detail for r in results)
+
+
+def test_the_server_cell_twice_starts_one_server(make_settings, capsys):
+    settings = make_settings()
+    try:
+        first = nb.start_server(settings, show_log=False)
+        second = nb.start_server(make_settings(), show_log=False)
+        assert second is first and nb.running_server() is first
+        assert "already running" in capsys.readouterr().out
+        import requests
+
+        assert requests.get(first.url + "/health", timeout=5).json()["status"] == "ok"
+    finally:
+        nb.stop_server()
+    assert nb.running_server() is None
+
+
+def test_a_port_taken_by_another_process_is_explained(make_settings):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    try:
+        with pytest.raises(RuntimeError, match="already in use"):
+            nb.start_server(make_settings(port=sock.getsockname()[1]), show_log=False)
+    finally:
+        sock.close()
+        nb.stop_server()
+
+
+def test_gpu_check_warns_clearly_without_a_gpu():
+    import torch
+
+    report, warning = nb.gpu_check()
+    if torch.cuda.is_available():
+        assert "compute capability" in report
+    else:
+        assert "NO GPU" in warning and "T4" in warning and "float32" in report
+
+
+def test_prefetch_form_maps_ticks_to_models():
+    assert nb.prefetch_names({"image": False, "face": True, "whisper": True, "tts": False, "vita": False}) == [
+        "face", "whisper-large-v3-turbo"]
+    names = nb.prefetch_names({"vita": True}, "chatterbox-turbo, whisper-small")
+    assert names == ["vita", "whisper-large-v3-turbo", "chatterbox-multilingual", "chatterbox-turbo",
+                     "whisper-small"]
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        nb.prefetch_names({}, "nope")
+
+
+def test_connection_help_says_what_to_paste_where(make_settings):
+    class FakeServer:
+        url = "http://127.0.0.1:8000"
+        api_key = "k-123"
+
+    text = nb.connection_help(FakeServer(), "https://abc.ngrok-free.app", "ngrok")
+    assert "https://abc.ngrok-free.app" in text and "k-123" in text and "ngrok-skip-browser-warning" in text
+    assert "only in this browser" in nb.connection_help(FakeServer(), "https://x.colab.dev", "colab-proxy")
+    assert "http://127.0.0.1:8000" in nb.connection_help(FakeServer(), None, None)
+
+
+def test_the_committed_notebook_is_what_the_generator_writes():
+    import nbformat
+
+    from notebooks.make_notebook import build
+
+    committed = nbformat.read(REPO / "notebooks" / "enfoads_colab.ipynb", as_version=4)
+    nbformat.validate(committed)
+    assert json.loads(nbformat.writes(build())) == json.loads(nbformat.writes(committed))
+    sources = [c.source for c in committed.cells if c.cell_type == "code"]
+    assert [s.splitlines()[0].split("·")[0] for s in sources][:4] == [
+        "# @title 1. Setup ", "# @title 2. Models ", "# @title 3. Server ", "# @title 4. Diagnostics "]
