@@ -1,0 +1,150 @@
+"""Tiny random-weight SDXL-Lightning in the real on-disk layout (tests, CI, the smoke profile).
+
+What prefetch puts on disk, in miniature:
+- sdxl-base/: model_index.json, scheduler/, text_encoder{,_2}/ (config + model.fp16.safetensors),
+  tokenizer{,_2}/ (vocab.json, merges.txt, configs) and unet/config.json only (no UNet or VAE
+  weights: those come from the two repos below);
+- sdxl-lightning-unet-{1,2,4,8}step/: one fp16 UNet state dict each, under ByteDance's names;
+- sdxl-vae-fp16-fix/: config.json + diffusion_pytorch_model.safetensors (fp32, as published).
+The shapes keep SDXL's structure (two text encoders, text_time conditioning, a VAE that scales
+by 8), so the product's loading code runs unchanged against them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from prefetch.manifest import smoke_builder
+
+from .lightning import BASE_KEY, UNET_FILES, VAE_KEY, unet_key
+
+TEXT_HIDDEN = 32
+PROJECTION_DIM = 32
+TIME_EMBED_DIM = 8
+MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("e", "r</w>"), ("o", "n</w>")]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _vocab() -> dict[str, int]:
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in MERGES]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(tokens)}
+
+
+def _write_tokenizer(folder: Path, pad_token: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(_vocab(), ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES))
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": pad_token}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, **special}))
+
+
+def _text_encoders():
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = _vocab()
+    common = dict(hidden_size=TEXT_HIDDEN, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
+                  max_position_embeddings=77, vocab_size=len(vocab), bos_token_id=vocab["<|startoftext|>"],
+                  eos_token_id=vocab["<|endoftext|>"], layer_norm_eps=1e-5)
+    one = CLIPTextModel(CLIPTextConfig(**common, pad_token_id=1, hidden_act="quick_gelu"))
+    two = CLIPTextModelWithProjection(CLIPTextConfig(**common, pad_token_id=0, hidden_act="gelu",
+                                                     projection_dim=PROJECTION_DIM))
+    return one, two
+
+
+def _unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32, 32), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 2, 2), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
+        cross_attention_dim=2 * TEXT_HIDDEN, addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + PROJECTION_DIM,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    # Four blocks, as SDXL's VAE: images are 8x the latents. force_upcast=False, as the fp16-fix config.
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(16, 16, 16, 16), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=1024, scaling_factor=0.13025, force_upcast=False,
+    )
+
+
+def _scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    # SDXL base's scheduler_config.json (the service swaps in trailing spacing itself).
+    return EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                  beta_schedule="scaled_linear", prediction_type="epsilon",
+                                  timestep_spacing="leading", steps_offset=1, interpolation_type="linear",
+                                  use_karras_sigmas=False)
+
+
+@smoke_builder("image")
+def build(models_dir: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPTokenizer
+
+    models_dir = Path(models_dir)
+    base = models_dir / BASE_KEY
+    for key in (BASE_KEY, VAE_KEY, *(unet_key(s) for s in UNET_FILES)):
+        shutil.rmtree(models_dir / key, ignore_errors=True)
+
+    torch.manual_seed(0)
+    tok_dir = models_dir / ".tokenizer-src"
+    _write_tokenizer(tok_dir / "tokenizer", "<|endoftext|>")
+    _write_tokenizer(tok_dir / "tokenizer_2", "!")  # SDXL's second tokenizer pads with "!" (id 0)
+    text_encoder, text_encoder_2 = _text_encoders()
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=text_encoder.half(), text_encoder_2=text_encoder_2.half(),
+        tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir / "tokenizer")),
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(tok_dir / "tokenizer_2")),
+        unet=_unet(), scheduler=_scheduler(),
+    )
+    pipe.save_pretrained(str(base), variant="fp16")
+    # Keep what prefetch downloads from the base repo: no UNet weights, no VAE.
+    for path in (base / "unet").glob("*.safetensors"):
+        path.unlink()
+    shutil.rmtree(base / "vae", ignore_errors=True)
+    for name in ("tokenizer", "tokenizer_2"):  # the base repo's tokenizer files, not a tokenizer.json
+        shutil.rmtree(base / name)
+        shutil.copytree(tok_dir / name, base / name)
+    shutil.rmtree(tok_dir)
+
+    vae_dir = models_dir / VAE_KEY
+    pipe.vae.save_pretrained(str(vae_dir))
+
+    for offset, (steps, filename) in enumerate(UNET_FILES.items()):
+        torch.manual_seed(1000 + offset)  # each checkpoint its own weights, so a swap is visible
+        state = {k: v.detach().to(torch.float16).contiguous() for k, v in _unet().state_dict().items()}
+        folder = models_dir / unet_key(steps)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(folder / filename))
