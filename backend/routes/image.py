@@ -51,7 +51,9 @@ class GenerateImageBody(BaseModel):
 
 
 class OpenAIImageBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Other OpenAI parameters (quality, style, user, background...) have no meaning here: they are
+    # accepted, so OpenAI clients work unchanged, and named in the response's warnings.
+    model_config = ConfigDict(extra="allow")
 
     prompt: str = Field(..., max_length=4000)
     model: str | None = Field(None, description="sdxl-lightning[-1step|-2step|-4step|-8step]; OpenAI model names "
@@ -60,13 +62,7 @@ class OpenAIImageBody(BaseModel):
     size: str | None = Field(None, description="WIDTHxHEIGHT, multiples of 8 (default 1024x1024); 'auto' = default")
     response_format: Literal["url", "b64_json"] = "url"
     output_format: OutputFormat = "png"
-    # OpenAI parameters with no meaning here: accepted so OpenAI clients work, not used.
-    quality: str | None = None
-    style: str | None = None
-    user: str | None = None
-    background: str | None = None
-    moderation: str | None = None
-    output_compression: int | None = None
+    stream: Literal[False] | None = Field(None, description="streaming partial images is not supported")
     # Extensions (the OpenAI SDK sends them with extra_body=...).
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     steps: Steps | None = None
@@ -177,14 +173,17 @@ def openai_generations():
                              steps=steps, seed=body.seed, n=body.n, output_format=body.output_format,
                              size_param="size" if body.size else None)
 
+    ignored = sorted(body.model_extra or {})
+
     def render(job: Job):
         result = job.result
+        warnings = result["warnings"] + ([f"ignored parameters: {', '.join(ignored)}"] if ignored else [])
         data = _image_entries(job, body.response_format)
         for entry in data:
             entry["revised_prompt"] = result["prompt"]
         return ok({"created": int(job.finished_at or time.time()), "data": data,
                    "output_format": result["output_format"], "size": f"{result['width']}x{result['height']}",
-                   "model": result["model"], "job_id": job.id, "warnings": result["warnings"]})
+                   "model": result["model"], "job_id": job.id, "warnings": warnings})
 
     return _submit(req, render)
 

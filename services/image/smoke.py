@@ -77,7 +77,7 @@ def _unet():
         block_out_channels=(16, 32, 32), norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 2, 2), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
+        attention_head_dim=(2, 2, 2), transformer_layers_per_block=(1, 1, 1), use_linear_projection=True,
         cross_attention_dim=2 * TEXT_HIDDEN, addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED_DIM,
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + PROJECTION_DIM,
