@@ -13,16 +13,43 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefetch.manifest import smoke_builder
 
 from .lightning import BASE_KEY, UNET_FILES, VAE_KEY, unet_key
 
-TEXT_HIDDEN = 32
-PROJECTION_DIM = 32
-TIME_EMBED_DIM = 8
 MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("e", "r</w>"), ("o", "n</w>")]
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Sizes of the random models. TINY for tests; SDXL (base 1.0's real sizes) for benchmarks,
+    where random weights cost the same compute and memory as the real ones."""
+
+    text: tuple[int, int, int, int]  # CLIP-L: hidden, intermediate, heads, layers
+    text_2: tuple[int, int, int, int]  # OpenCLIP bigG: hidden, intermediate, heads, layers
+    projection_dim: int
+    vocab_size: int | None  # None: the tiny tokenizer's own vocabulary
+    time_embed_dim: int
+    unet_channels: tuple[int, int, int]
+    unet_layers: int
+    unet_heads: tuple[int, int, int]
+    unet_transformer_layers: tuple[int, int, int]
+    unet_groups: int
+    vae_channels: tuple[int, int, int, int]
+    vae_layers: int
+    vae_groups: int
+
+
+TINY = Shapes(text=(32, 37, 4, 3), text_2=(32, 37, 4, 3), projection_dim=32, vocab_size=None, time_embed_dim=8,
+              unet_channels=(16, 32, 32), unet_layers=1, unet_heads=(2, 2, 2), unet_transformer_layers=(1, 1, 1),
+              unet_groups=8, vae_channels=(16, 16, 16, 16), vae_layers=1, vae_groups=8)
+SDXL = Shapes(text=(768, 3072, 12, 12), text_2=(1280, 5120, 20, 32), projection_dim=1280, vocab_size=49408,
+              time_embed_dim=256, unet_channels=(320, 640, 1280), unet_layers=2, unet_heads=(5, 10, 20),
+              unet_transformer_layers=(1, 2, 10), unet_groups=32, vae_channels=(128, 256, 512, 512), vae_layers=2,
+              vae_groups=32)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -56,41 +83,46 @@ def _write_tokenizer(folder: Path, pad_token: str) -> None:
         {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, **special}))
 
 
-def _text_encoders():
+def _text_encoders(shapes: Shapes):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     vocab = _vocab()
-    common = dict(hidden_size=TEXT_HIDDEN, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
-                  max_position_embeddings=77, vocab_size=len(vocab), bos_token_id=vocab["<|startoftext|>"],
-                  eos_token_id=vocab["<|endoftext|>"], layer_norm_eps=1e-5)
-    one = CLIPTextModel(CLIPTextConfig(**common, pad_token_id=1, hidden_act="quick_gelu"))
-    two = CLIPTextModelWithProjection(CLIPTextConfig(**common, pad_token_id=0, hidden_act="gelu",
-                                                     projection_dim=PROJECTION_DIM))
+
+    def config(dims, **extra):
+        hidden, intermediate, heads, layers = dims
+        return CLIPTextConfig(hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=heads,
+                              num_hidden_layers=layers, max_position_embeddings=77,
+                              vocab_size=shapes.vocab_size or len(vocab), bos_token_id=vocab["<|startoftext|>"],
+                              eos_token_id=vocab["<|endoftext|>"], layer_norm_eps=1e-5, **extra)
+
+    one = CLIPTextModel(config(shapes.text, pad_token_id=1, hidden_act="quick_gelu"))
+    two = CLIPTextModelWithProjection(config(shapes.text_2, pad_token_id=0, hidden_act="gelu",
+                                             projection_dim=shapes.projection_dim))
     return one, two
 
 
-def _unet():
+def _unet(shapes: Shapes):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=128, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32, 32), norm_num_groups=8,
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=shapes.unet_layers,
+        block_out_channels=shapes.unet_channels, norm_num_groups=shapes.unet_groups,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 2, 2), transformer_layers_per_block=(1, 1, 1), use_linear_projection=True,
-        cross_attention_dim=2 * TEXT_HIDDEN, addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + PROJECTION_DIM,
+        attention_head_dim=shapes.unet_heads, transformer_layers_per_block=shapes.unet_transformer_layers,
+        use_linear_projection=True, cross_attention_dim=shapes.text[0] + shapes.text_2[0],
+        addition_embed_type="text_time", addition_time_embed_dim=shapes.time_embed_dim,
+        projection_class_embeddings_input_dim=6 * shapes.time_embed_dim + shapes.projection_dim,
     )
 
 
-def _vae():
+def _vae(shapes: Shapes):
     from diffusers import AutoencoderKL
 
     # Four blocks, as SDXL's VAE: images are 8x the latents. force_upcast=False, as the fp16-fix config.
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        block_out_channels=(16, 16, 16, 16), norm_num_groups=8,
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=shapes.vae_layers,
+        block_out_channels=shapes.vae_channels, norm_num_groups=shapes.vae_groups,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         sample_size=1024, scaling_factor=0.13025, force_upcast=False,
     )
@@ -106,8 +138,10 @@ def _scheduler():
                                   use_karras_sigmas=False)
 
 
-@smoke_builder("image")
-def build(models_dir: Path) -> None:
+def write_models(models_dir: Path, shapes: Shapes = TINY, steps: tuple[int, ...] = tuple(UNET_FILES),
+                 device: str = "cpu") -> None:
+    """Random-weight SDXL-Lightning files under models_dir, in the layout prefetch produces.
+    `device` only speeds up building large shapes (random init on a GPU)."""
     import torch
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
@@ -122,12 +156,15 @@ def build(models_dir: Path) -> None:
     tok_dir = models_dir / ".tokenizer-src"
     _write_tokenizer(tok_dir / "tokenizer", "<|endoftext|>")
     _write_tokenizer(tok_dir / "tokenizer_2", "!")  # SDXL's second tokenizer pads with "!" (id 0)
-    text_encoder, text_encoder_2 = _text_encoders()
+    with torch.device(device):
+        text_encoder, text_encoder_2 = _text_encoders(shapes)
+        vae = _vae(shapes)
+        unet = _unet(shapes)
     pipe = StableDiffusionXLPipeline(
-        vae=_vae(), text_encoder=text_encoder.half(), text_encoder_2=text_encoder_2.half(),
+        vae=vae, text_encoder=text_encoder.half(), text_encoder_2=text_encoder_2.half(),
         tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir / "tokenizer")),
         tokenizer_2=CLIPTokenizer.from_pretrained(str(tok_dir / "tokenizer_2")),
-        unet=_unet(), scheduler=_scheduler(),
+        unet=unet, scheduler=_scheduler(),
     )
     pipe.save_pretrained(str(base), variant="fp16")
     # Keep what prefetch downloads from the base repo: no UNet weights, no VAE.
@@ -138,13 +175,20 @@ def build(models_dir: Path) -> None:
         shutil.rmtree(base / name)
         shutil.copytree(tok_dir / name, base / name)
     shutil.rmtree(tok_dir)
+    pipe.vae.save_pretrained(str(models_dir / VAE_KEY))
+    del pipe, text_encoder, text_encoder_2, vae, unet
 
-    vae_dir = models_dir / VAE_KEY
-    pipe.vae.save_pretrained(str(vae_dir))
-
-    for offset, (steps, filename) in enumerate(UNET_FILES.items()):
-        torch.manual_seed(1000 + offset)  # each checkpoint its own weights, so a swap is visible
-        state = {k: v.detach().to(torch.float16).contiguous() for k, v in _unet().state_dict().items()}
-        folder = models_dir / unet_key(steps)
+    for count in steps:
+        # each checkpoint its own weights, so a swap is visible
+        torch.manual_seed(1000 + count)
+        with torch.device(device):
+            state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in _unet(shapes).state_dict().items()}
+        folder = models_dir / unet_key(count)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(folder / filename))
+        save_file(state, str(folder / UNET_FILES[count]))
+        del state
+
+
+@smoke_builder("image")
+def build(models_dir: Path) -> None:
+    write_models(models_dir)
