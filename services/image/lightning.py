@@ -51,8 +51,14 @@ def load_unet_weights(unet, path: Path, device: str, dtype) -> None:
     from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
 
+    import torch
+
+    target = torch.device(device)
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
     expected = set(unet.state_dict().keys())
-    with safe_open(str(path), framework="pt", device=str(device)) as fh:
+    # Read straight onto the target device: a GPU load never holds the UNet in host RAM.
+    with safe_open(str(path), framework="pt", device=str(target)) as fh:
         keys = set(fh.keys())
         if keys != expected:
             missing, extra = sorted(expected - keys), sorted(keys - expected)
@@ -61,7 +67,7 @@ def load_unet_weights(unet, path: Path, device: str, dtype) -> None:
                 f"{len(missing)} tensor(s) missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})",
                 code="model_mismatch")
         for name in sorted(keys):
-            set_module_tensor_to_device(unet, name, device, value=fh.get_tensor(name), dtype=dtype,
+            set_module_tensor_to_device(unet, name, target, value=fh.get_tensor(name), dtype=dtype,
                                         clear_cache=False)
 
 

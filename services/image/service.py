@@ -98,7 +98,7 @@ class ImageService:
             return self._tokenizer
 
     def prompt_warnings(self, prompt: str) -> list[str]:
-        ids = self.tokenizer()(prompt, truncation=False).input_ids
+        ids = self.tokenizer()(prompt, truncation=False, verbose=False).input_ids
         if len(ids) <= CLIP_MAX_TOKENS:
             return []
         dropped = self.tokenizer().decode(ids[CLIP_MAX_TOKENS - 1:-1]).strip()
