@@ -77,7 +77,8 @@ def http_vs_direct(models: Path, n: int, size: int, steps: int, profile: str) ->
     d, h = statistics.median(dif), statistics.median(http)
     print(f"{size}x{size}, {steps} steps, {device}, {dtype}, n={n}")
     print(f"direct diffusers call  median {d * 1000:8.1f} ms")
-    print(f"HTTP + job + offloader median {h * 1000:8.1f} ms  (p90 {statistics.quantiles(http, n=10)[-1] * 1000:.1f} ms)")
+    p90 = statistics.quantiles(http, n=10)[-1]
+    print(f"HTTP + job + offloader median {h * 1000:8.1f} ms  (p90 {p90 * 1000:.1f} ms)")
     print(f"ratio {h / d:.3f}  (goal <= 1.10)")
 
 

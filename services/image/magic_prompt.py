@@ -53,7 +53,8 @@ _SPANISH_DROP = {  # function words CLIP does not need once the rest is English
 # Multi-word phrases first (longest match wins), then single words: (english, part of speech).
 _PHRASES = {
     "puesta de sol": "sunset", "puesta del sol": "sunset", "a la moda": "fashionable",
-    "vino tinto": "red wine", "fondo blanco": "white background", "fondo negro": "black background", "luz natural": "natural light",
+    "vino tinto": "red wine", "fondo blanco": "white background", "fondo negro": "black background",
+    "luz natural": "natural light",
     "blanco y negro": "black and white", "primer plano": "close-up", "alta calidad": "high quality",
     "redes sociales": "social media", "comida rápida": "fast food", "gafas de sol": "sunglasses",
     "teléfono móvil": "smartphone", "cafetería": "coffee shop", "de noche": "at night", "de día": "by day",

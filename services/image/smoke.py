@@ -143,6 +143,7 @@ def write_models(models_dir: Path, shapes: Shapes = TINY, steps: tuple[int, ...]
     """Random-weight SDXL-Lightning files under models_dir, in the layout prefetch produces.
     `device` only speeds up building large shapes (random init on a GPU)."""
     import torch
+    from accelerate import init_empty_weights
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
@@ -159,34 +160,37 @@ def write_models(models_dir: Path, shapes: Shapes = TINY, steps: tuple[int, ...]
     with torch.device(device):
         text_encoder, text_encoder_2 = _text_encoders(shapes)
         vae = _vae(shapes)
+    with init_empty_weights():  # only its config goes into the base folder, as in the real repo
         unet = _unet(shapes)
     pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder.half(), text_encoder_2=text_encoder_2.half(),
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
         tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir / "tokenizer")),
         tokenizer_2=CLIPTokenizer.from_pretrained(str(tok_dir / "tokenizer_2")),
         unet=unet, scheduler=_scheduler(),
     )
-    pipe.save_pretrained(str(base), variant="fp16")
-    # Keep what prefetch downloads from the base repo: no UNet weights, no VAE.
-    for path in (base / "unet").glob("*.safetensors"):
-        path.unlink()
-    shutil.rmtree(base / "vae", ignore_errors=True)
-    for name in ("tokenizer", "tokenizer_2"):  # the base repo's tokenizer files, not a tokenizer.json
-        shutil.rmtree(base / name)
+    # What prefetch downloads from the base repo: model_index.json, the scheduler, the fp16 text
+    # encoders, the tokenizer files (vocab.json + merges.txt, no tokenizer.json), unet/config.json.
+    pipe.save_config(str(base))
+    pipe.scheduler.save_pretrained(str(base / "scheduler"))
+    for name, encoder in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
+        encoder.half().save_pretrained(str(base / name), variant="fp16")
+    unet.save_config(str(base / "unet"))
+    for name in ("tokenizer", "tokenizer_2"):
         shutil.copytree(tok_dir / name, base / name)
     shutil.rmtree(tok_dir)
-    pipe.vae.save_pretrained(str(models_dir / VAE_KEY))
+    vae.save_pretrained(str(models_dir / VAE_KEY))
     del pipe, text_encoder, text_encoder_2, vae, unet
 
     for count in steps:
         # each checkpoint its own weights, so a swap is visible
         torch.manual_seed(1000 + count)
         with torch.device(device):
-            state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in _unet(shapes).state_dict().items()}
+            weights = _unet(shapes).state_dict()
+        state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in weights.items()}
         folder = models_dir / unet_key(count)
         folder.mkdir(parents=True, exist_ok=True)
         save_file(state, str(folder / UNET_FILES[count]))
-        del state
+        del state, weights
 
 
 @smoke_builder("image")
