@@ -137,6 +137,9 @@ def test_long_prompt_is_generated_with_a_truncation_warning(server):
     assert len(warnings) == 1 and "truncated" in warnings[0] and "77" in warnings[0]
     short = generate(server, {"prompt": "a red sneaker", "width": 64, "height": 64, "response_format": "url"})
     assert short.json()["warnings"] == []
+    spanish = "zapatillas rojas en la playa al atardecer, camión, señora con canción\n" * 6
+    r = generate(server, {"prompt": spanish, "width": 64, "height": 64})  # the warning travels in a header
+    assert r.status_code == 200 and "truncated" in r.headers["X-Warning"]
 
 
 def test_negative_prompt_is_accepted_with_a_warning(server):
@@ -309,7 +312,8 @@ def test_the_lightning_path_is_the_one_that_runs(server, models):
     check(2, "sdxl_lightning_2step_unet.safetensors", [999, 499], "epsilon")
     check(8, "sdxl_lightning_8step_unet.safetensors", [999, 874, 749, 624, 499, 374, 249, 124], "epsilon")
     check(1, "sdxl_lightning_1step_unet_x0.safetensors", [999], "sample")
-    assert vram.snapshot()["models"][0]["loads"] == 1  # step switches swapped weights, no reload
+    entry = next(m for m in vram.snapshot()["models"] if m["name"] == "sdxl-lightning")
+    assert entry["loads"] == 1  # step switches swapped weights, no reload
 
 
 # --------------------------------------------------------------------------- OpenAI images API
