@@ -350,3 +350,16 @@ def test_openapi_documents_the_image_routes(server):
     assert {"/generate-image", "/v1/images/generations", "/magic-prompt"} <= set(spec["paths"])
     schema = spec["components"]["schemas"]["GenerateImageBody"]["properties"]
     assert schema["steps"]["anyOf"][0]["enum"] == [1, 2, 4, 8]
+
+
+def test_fp16_path_as_on_a_t4(live_server, make_settings, models, pipeline_calls):
+    """dtype float16 (the T4 policy): every component in fp16 and the fp16-fix VAE not upcast to fp32."""
+    import torch
+
+    server = live_server(make_settings(models_dir=models, dtype="float16"))
+    r = generate(server, {"prompt": "a red shoe", "width": 64, "height": 64, "seed": 3})
+    assert r.status_code == 200 and decode(r.content).size == (64, 64)
+    with server.app.extensions["enfoads"].vram.acquire("sdxl-lightning") as lp:
+        pipe = lp.pipe
+        assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.float16}
+        assert pipe.vae.config.force_upcast is False
