@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from prefetch import manifest
+from prefetch.locate import prefetch_command
 
 from ..device import torch_dtype
 from ..errors import ModelUnavailable
@@ -59,12 +60,10 @@ class ImageService:
         folder = self.env.locate(unet_key(steps))
         path = folder / UNET_FILES[steps]
         if not path.is_file():
+            command = prefetch_command(manifest.get(unet_key(steps)), self.env.profile)
             raise ModelUnavailable(f"model '{unet_key(steps)}' has no {UNET_FILES[steps]} in {folder}; run "
-                                   f"`{self._prefetch_hint()}`", code="model_unavailable")
+                                   f"`{command}`", code="model_unavailable")
         return path
-
-    def _prefetch_hint(self) -> str:
-        return "python -m prefetch --smoke" if self.env.profile == "smoke" else "python -m prefetch image"
 
     def check_available(self, steps: int) -> None:
         """ModelUnavailable (503, naming the prefetch command) unless every file `steps` needs is here."""
