@@ -22,8 +22,17 @@ def models(smoke_models):
 
 
 @pytest.fixture
-def server(live_server, make_settings, models):
-    return live_server(make_settings(models_dir=models))
+def settings_for(make_settings, models):
+    def make(**overrides):
+        # generous wait: on a busy 2-core CI box a sync request must not turn into a 202
+        return make_settings(**{"models_dir": models, "job_wait_seconds": 120, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def server(live_server, settings_for):
+    return live_server(settings_for())
 
 
 @pytest.fixture
@@ -43,7 +52,7 @@ def pipeline_calls(monkeypatch):
 
 
 def generate(server, body, headers=H, path="/generate-image"):
-    return requests.post(f"{server.url}{path}", json=body, headers=headers, timeout=60)
+    return requests.post(f"{server.url}{path}", json=body, headers=headers, timeout=180)
 
 
 def decode(data: bytes) -> Image.Image:
@@ -54,7 +63,7 @@ def decode(data: bytes) -> Image.Image:
 
 def wait_job(server, wait_for, job_id, status):
     return wait_for(lambda: (j := requests.get(f"{server.url}/jobs/{job_id}", headers=H, timeout=10).json())
-                    ["status"] == status and j)
+                    ["status"] == status and j, timeout=120)
 
 
 # --------------------------------------------------------------------------- images out
@@ -71,8 +80,8 @@ def test_image_has_the_requested_size_and_format(server, fmt, width, height, pil
     assert img.format == pil and img.size == (width, height) and img.mode == "RGB"
 
 
-def test_same_seed_gives_identical_bytes_and_other_seeds_differ(live_server, make_settings, models, pipeline_calls):
-    server = live_server(make_settings(models_dir=models, image_cache_mb=0))  # no cache: really runs twice
+def test_same_seed_gives_identical_bytes_and_other_seeds_differ(live_server, settings_for, pipeline_calls):
+    server = live_server(settings_for(image_cache_mb=0))  # no cache: really runs twice
     body = {"prompt": "a cup of coffee", "width": 64, "height": 64, "seed": 1234}
     first, second = generate(server, body), generate(server, body)
     other = generate(server, {**body, "seed": 1235})
@@ -198,10 +207,10 @@ def test_openai_route_bad_input_is_400_naming_the_field(server, body, param):
     assert r.json()["error"]["param"] == param
 
 
-def test_missing_model_files_are_503_naming_the_prefetch_command(live_server, make_settings, tmp_path):
+def test_missing_model_files_are_503_naming_the_prefetch_command(live_server, settings_for, tmp_path):
     empty = tmp_path / "no-models"
     empty.mkdir()
-    server = live_server(make_settings(models_dir=empty))
+    server = live_server(settings_for(models_dir=empty))
     r = generate(server, {"prompt": "a shoe", "width": 64, "height": 64})
     assert r.status_code == 503
     err = r.json()["error"]
@@ -212,12 +221,12 @@ def test_missing_model_files_are_503_naming_the_prefetch_command(live_server, ma
         "sdxl-lightning-8step": False}
 
 
-def test_one_missing_step_checkpoint_is_503_for_that_step_count_only(live_server, make_settings, models, tmp_path):
+def test_one_missing_step_checkpoint_is_503_for_that_step_count_only(live_server, settings_for, models, tmp_path):
     import shutil
 
     partial = tmp_path / "partial"
     shutil.copytree(models, partial, ignore=shutil.ignore_patterns("sdxl-lightning-unet-8step"))
-    server = live_server(make_settings(models_dir=partial))
+    server = live_server(settings_for(models_dir=partial))
     r = generate(server, {"prompt": "a shoe", "width": 64, "height": 64, "steps": 8})
     assert r.status_code == 503 and "sdxl-lightning-unet-8step" in r.json()["error"]["message"]
     assert generate(server, {"prompt": "a shoe", "width": 64, "height": 64, "steps": 2}).status_code == 200
@@ -235,7 +244,7 @@ def test_progress_events_arrive_in_order(server, wait_for, transports):
         r = generate(server, {"prompt": "a mug", "width": 64, "height": 64, "n": 2, "steps": 4,
                               "response_format": "url"})
         job_id = r.json()["job_id"]
-        wait_for(lambda: any(e["id"] == job_id and e["status"] == "succeeded" for e in events))
+        wait_for(lambda: any(e["id"] == job_id and e["status"] == "succeeded" for e in events), timeout=60)
     finally:
         sio.disconnect()
     mine = [e for e in events if e["id"] == job_id]
@@ -249,8 +258,7 @@ def test_progress_events_arrive_in_order(server, wait_for, transports):
     assert messages[4] == "image 1/2 done" and messages[-1] == "image 2/2 done"
 
 
-def test_cancel_mid_run_leaves_no_output_and_no_cache_entry(live_server, make_settings, models, monkeypatch,
-                                                            wait_for):
+def test_cancel_mid_run_leaves_no_output_and_no_cache_entry(live_server, settings_for, monkeypatch, wait_for):
     from diffusers import UNet2DConditionModel
 
     entered, release = threading.Event(), threading.Event()
@@ -265,7 +273,7 @@ def test_cancel_mid_run_leaves_no_output_and_no_cache_entry(live_server, make_se
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(UNet2DConditionModel, "forward", gated)
-    settings = make_settings(models_dir=models)
+    settings = settings_for()
     server = live_server(settings)
     try:
         r = generate(server, {"prompt": "a bag", "width": 64, "height": 64, "seed": 1, "steps": 4},
@@ -321,7 +329,7 @@ def test_the_lightning_path_is_the_one_that_runs(server, models):
 def test_openai_sdk_images_generate(server):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=180)
     res = client.images.generate(prompt="una botella de perfume", n=2, size="64x64", response_format="b64_json",
                                  extra_body={"seed": 42})
     assert len(res.data) == 2
@@ -352,11 +360,11 @@ def test_openapi_documents_the_image_routes(server):
     assert schema["steps"]["anyOf"][0]["enum"] == [1, 2, 4, 8]
 
 
-def test_fp16_path_as_on_a_t4(live_server, make_settings, models, pipeline_calls):
+def test_fp16_path_as_on_a_t4(live_server, settings_for, pipeline_calls):
     """dtype float16 (the T4 policy): every component in fp16 and the fp16-fix VAE not upcast to fp32."""
     import torch
 
-    server = live_server(make_settings(models_dir=models, dtype="float16"))
+    server = live_server(settings_for(dtype="float16"))
     r = generate(server, {"prompt": "a red shoe", "width": 64, "height": 64, "seed": 3})
     assert r.status_code == 200 and decode(r.content).size == (64, 64)
     with server.app.extensions["enfoads"].vram.acquire("sdxl-lightning") as lp:
