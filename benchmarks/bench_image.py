@@ -23,7 +23,7 @@ import requests
 
 from backend.server import Server
 from backend.settings import load_settings
-from services.device import dtype_name, resolve_device, torch_dtype
+from services.device import dtype_name, torch_dtype
 from services.image.lightning import BASE_KEY, UNET_FILES, VAE_KEY, load_pipeline, unet_key
 
 log = logging.getLogger("bench_image")
@@ -37,41 +37,49 @@ def _sync() -> None:
 
 
 def http_vs_direct(models: Path, n: int, size: int, steps: int, profile: str) -> None:
-    device = resolve_device("auto")
-    dtype = torch_dtype(dtype_name(device))
-    direct = load_pipeline(models / BASE_KEY, models / VAE_KEY, models / unet_key(steps) / UNET_FILES[steps], steps,
-                           device=device, dtype=dtype).pipe
     with tempfile.TemporaryDirectory() as tmp:
         # cache off: every request must really run the pipeline
         settings = load_settings(profile=profile, data_dir=Path(tmp), models_dir=models, api_key="bench", port=0,
                                  image_cache_mb=0, image_default_steps=steps)
         server = Server(settings).start()
+        backend = server.app.extensions["enfoads"]
         session = requests.Session()
         headers = {"Authorization": "Bearer bench"}
         body = {"prompt": "a red sneaker on a beach at sunset", "width": size, "height": size, "steps": steps}
 
-        def via_http(seed: int) -> None:
-            session.post(f"{server.url}/generate-image", json={**body, "seed": seed}, headers=headers,
-                         timeout=600).raise_for_status()
-
-        def via_diffusers(seed: int) -> None:
+        def direct_job(params, ctx):
+            # The plain diffusers call on the very same pipeline object, timed inside the job worker
+            # thread: torch's CPU thread pool belongs to the calling thread, so timing it from
+            # another thread would compare thread pools, not the service's overhead.
             import torch
 
-            direct(prompt=body["prompt"], width=size, height=size, num_inference_steps=steps, guidance_scale=0.0,
-                   generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-            _sync()
+            with backend.vram.acquire("sdxl-lightning") as lp:
+                t = time.perf_counter()
+                lp.pipe(prompt=body["prompt"], width=size, height=size, num_inference_steps=steps,
+                        guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(params["seed"])).images[0]
+                _sync()
+                return {"seconds": time.perf_counter() - t}
+
+        backend.jobs.register("bench.direct", direct_job)
+
+        def via_http(seed: int) -> float:
+            t = time.perf_counter()
+            session.post(f"{server.url}/generate-image", json={**body, "seed": seed}, headers=headers,
+                         timeout=600).raise_for_status()
+            return time.perf_counter() - t
+
+        def via_diffusers(seed: int) -> float:
+            job = backend.jobs.submit("bench.direct", {"seed": seed}, owner="bench")
+            return backend.jobs.wait(job.id, 600).result["seconds"]
 
         try:
             via_http(0)  # warm-up: loads the service's pipeline
             via_diffusers(0)
             http, dif = [], []
             for i in range(1, n + 1):  # interleaved, so drift hits both sides alike
-                t = time.perf_counter()
-                via_diffusers(i)
-                dif.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                via_http(i)
-                http.append(time.perf_counter() - t)
+                dif.append(via_diffusers(i))
+                http.append(via_http(i))
+            device, dtype = settings.resolved_device, settings.dtype_name
         finally:
             server.stop()
     d, h = statistics.median(dif), statistics.median(http)

@@ -27,6 +27,9 @@ log = logging.getLogger("enfoads.image")
 MODEL_NAME = "sdxl-lightning"
 JOB_KIND = "image.generate"
 CLIP_MAX_TOKENS = 77  # CLIP's context, start and end tokens included
+# PIL's default PNG level (6) takes ~300 ms for a 1024x1024 image on one CPU core, a tenth of a
+# Lightning generation on the T4; level 3 takes ~90 ms for files ~10 % larger.
+PNG_COMPRESS_LEVEL = 3
 
 
 def model_id(steps: int) -> str:
@@ -150,7 +153,7 @@ class ImageService:
                     ctx.progress((i * per_image + step) / total, f"{label}: step {step}/{req.steps}")
 
                 image = self.render(req, seed, on_step)
-                data = encode_image(image, req.output_format)
+                data = encode_image(image, req.output_format, png_compress_level=PNG_COMPRESS_LEVEL)
                 self.cache.put(key, req.output_format, data)
             name = f"image-{i + 1}.{req.output_format}"
             (ctx.output_dir / name).write_bytes(data)
