@@ -15,6 +15,7 @@ from .context import Backend
 from .errors import install_error_handlers
 from .jobs import JobManager, JobStore
 from .routes import face as face_routes
+from .routes import image as image_routes
 from .routes import jobs as job_routes
 from .routes import system as system_routes
 from .routes import tts as tts_routes
@@ -27,6 +28,7 @@ log = logging.getLogger("enfoads")
 # Each family's web module exposes `install(app, backend)`: it builds its service, registers its
 # job kinds, blueprint, Socket.IO namespaces and /v1/models entries.
 FAMILIES: tuple = (
+    image_routes,
     face_routes,
     whisper_routes,
     tts_routes,

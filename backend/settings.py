@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     whisper_max_seconds: float = Field(4 * 3600, gt=0, description="longest audio/video accepted (413 beyond)")
     whisper_video_crf: int = Field(20, ge=0, le=51, description="x264 quality of videos with burned subtitles")
 
+    # --- image ---
+    image_max_width: int = Field(1024, ge=64, description="largest image width in pixels (multiple of 8)")
+    image_max_height: int = Field(1024, ge=64, description="largest image height in pixels (multiple of 8)")
+    image_min_side: int = Field(64, ge=8, description="smallest width or height in pixels")
+    image_default_width: int = Field(1024, ge=8)
+    image_default_height: int = Field(1024, ge=8)
+    image_default_steps: Literal[1, 2, 4, 8] = 4
+    image_max_n: int = Field(4, ge=1, le=16, description="most images one request may ask for")
+    image_cache_mb: float = Field(512, ge=0, description="disk kept for cached images; 0 turns the cache off")
+    image_magic_prompt_engine: Literal["rules"] = "rules"
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, v):

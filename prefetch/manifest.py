@@ -182,6 +182,31 @@ _SPECS: list[ModelSpec] = [
         note="UNet2DConditionModel.from_config(sdxl-base/unet) + load_state_dict; "
         "EulerDiscreteScheduler(timestep_spacing='trailing'), 4 steps, guidance_scale=0",
     ),
+    # The other Lightning step counts: same repo and revision, one full fp16 UNet each; only the
+    # step counts a user asks for need downloading (the service says which one is missing).
+    *(
+        ModelSpec(
+            key=f"sdxl-lightning-unet-{steps}step",
+            family="image",
+            repo_id="ByteDance/SDXL-Lightning",
+            revision="c9a24f48e1c025556787b0c58dd67a091ece2e44",
+            files=(filename,),
+            size_bytes=5_140 * MB,
+            vram_bytes={"fp16": 6_500 * MB, "fp32": 12_500 * MB},
+            license="openrail++",
+            runtime="torch",
+            note=note,
+        )
+        for steps, filename, note in (
+            (1, "sdxl_lightning_1step_unet_x0.safetensors",
+             "x0-prediction UNet: EulerDiscreteScheduler(timestep_spacing='trailing', "
+             "prediction_type='sample'), 1 step, guidance_scale=0 (experimental per the model card)"),
+            (2, "sdxl_lightning_2step_unet.safetensors",
+             "EulerDiscreteScheduler(timestep_spacing='trailing'), 2 steps, guidance_scale=0"),
+            (8, "sdxl_lightning_8step_unet.safetensors",
+             "EulerDiscreteScheduler(timestep_spacing='trailing'), 8 steps, guidance_scale=0"),
+        )
+    ),
     ModelSpec(
         key="sdxl-vae-fp16-fix",
         family="image",

@@ -147,13 +147,14 @@ def load_image(data: bytes, *, max_pixels: int, param: str = "image"):
     return img.convert("RGB")
 
 
-def encode_image(img, fmt: str, *, quality: int = 92) -> bytes:
+def encode_image(img, fmt: str, *, quality: int = 92, png_compress_level: int = 6) -> bytes:
     if fmt not in IMAGE_FORMATS:
         raise InvalidInput(f"unsupported image format {fmt!r}; use one of {', '.join(IMAGE_FORMATS)}",
                            param="output_format")
     buf = io.BytesIO()
     pil_format = IMAGE_FORMATS[fmt][0]
-    img.save(buf, format=pil_format, **({"quality": quality} if pil_format in ("JPEG", "WEBP") else {}))
+    options = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {"compress_level": png_compress_level}
+    img.save(buf, format=pil_format, **options)
     return buf.getvalue()
 
 

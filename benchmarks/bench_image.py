@@ -1,0 +1,165 @@
+"""Image service: HTTP + job queue + offloader vs a direct diffusers call, on the same pipeline.
+
+Run by hand from the repo root:
+    .venv/bin/python -m benchmarks.bench_image [--n 20] [--size 64]     tiny random SDXL (goal: ratio <= 1.10)
+    .venv/bin/python -m benchmarks.bench_image --sdxl [--n 5]           GPU only: SDXL's real sizes, 1024x1024
+
+--sdxl loads the real models when prefetched (`python -m prefetch image`, colab/local profile), else
+writes random weights with SDXL base 1.0's real shapes (same compute and memory), and reports load
+time, peak host RAM, 4-step latency and peak VRAM at the device's dtype policy (fp16 on a T4),
+against the seed's claim of 2-3 s per 1024x1024 image on a T4 (~6-7 GB VRAM).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from backend.server import Server
+from backend.settings import load_settings
+from services.device import dtype_name, torch_dtype
+from services.image.lightning import BASE_KEY, UNET_FILES, VAE_KEY, load_pipeline, unet_key
+
+log = logging.getLogger("bench_image")
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def http_vs_direct(models: Path, n: int, size: int, steps: int, profile: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        # cache off: every request must really run the pipeline
+        settings = load_settings(profile=profile, data_dir=Path(tmp), models_dir=models, api_key="bench", port=0,
+                                 image_cache_mb=0, image_default_steps=steps)
+        server = Server(settings).start()
+        backend = server.app.extensions["enfoads"]
+        session = requests.Session()
+        headers = {"Authorization": "Bearer bench"}
+        body = {"prompt": "a red sneaker on a beach at sunset", "width": size, "height": size, "steps": steps}
+
+        def direct_job(params, ctx):
+            # The plain diffusers call on the very same pipeline object, timed inside the job worker
+            # thread: torch's CPU thread pool belongs to the calling thread, so timing it from
+            # another thread would compare thread pools, not the service's overhead.
+            import torch
+
+            with backend.vram.acquire("sdxl-lightning") as lp:
+                t = time.perf_counter()
+                lp.pipe(prompt=body["prompt"], width=size, height=size, num_inference_steps=steps,
+                        guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(params["seed"])).images[0]
+                _sync()
+                return {"seconds": time.perf_counter() - t}
+
+        backend.jobs.register("bench.direct", direct_job)
+
+        def via_http(seed: int) -> float:
+            t = time.perf_counter()
+            session.post(f"{server.url}/generate-image", json={**body, "seed": seed}, headers=headers,
+                         timeout=600).raise_for_status()
+            return time.perf_counter() - t
+
+        def via_diffusers(seed: int) -> float:
+            job = backend.jobs.submit("bench.direct", {"seed": seed}, owner="bench")
+            return backend.jobs.wait(job.id, 600).result["seconds"]
+
+        try:
+            via_http(0)  # warm-up: loads the service's pipeline
+            via_diffusers(0)
+            http, dif = [], []
+            for i in range(1, n + 1):  # interleaved, so drift hits both sides alike
+                dif.append(via_diffusers(i))
+                http.append(via_http(i))
+            device, dtype = settings.resolved_device, settings.dtype_name
+        finally:
+            server.stop()
+    d, h = statistics.median(dif), statistics.median(http)
+    print(f"{size}x{size}, {steps} steps, {device}, {dtype}, n={n}")
+    print(f"direct diffusers call  median {d * 1000:8.1f} ms")
+    p90 = statistics.quantiles(http, n=10)[-1]
+    print(f"HTTP + job + offloader median {h * 1000:8.1f} ms  (p90 {p90 * 1000:.1f} ms)")
+    print(f"ratio {h / d:.3f}  (goal <= 1.10); ratio of the fastest runs {min(http) / min(dif):.3f} "
+          "(less sensitive to other load on the machine)")
+
+
+def sdxl_on_gpu(n: int) -> None:
+    import torch
+
+    from prefetch.locate import locate
+    from services.errors import ModelUnavailable
+    from services.image.smoke import SDXL, write_models
+
+    if not torch.cuda.is_available():
+        print("--sdxl needs a CUDA GPU; skipped")
+        return
+    dtype_n = dtype_name("cuda")
+    dtype = torch_dtype(dtype_n)
+    tmp = None
+    try:
+        models = {k: locate(k, Path("data/models"), "colab") for k in (BASE_KEY, VAE_KEY, unet_key(4))}
+        source = "real SDXL-Lightning weights"
+    except ModelUnavailable:
+        tmp = tempfile.TemporaryDirectory()
+        root = Path(tmp.name)
+        t = time.perf_counter()
+        write_models(root, SDXL, steps=(4,), device="cuda")
+        torch.cuda.empty_cache()
+        models = {k: root / k for k in (BASE_KEY, VAE_KEY, unet_key(4))}
+        source = f"random weights, SDXL base 1.0 shapes (written in {time.perf_counter() - t:.0f} s)"
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    lp = load_pipeline(models[BASE_KEY], models[VAE_KEY], models[unet_key(4)] / UNET_FILES[4], 4, device="cuda",
+                       dtype=dtype)
+    _sync()
+    load_s = time.perf_counter() - t
+    weights_gb = torch.cuda.memory_allocated() / 2**30
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    lp.generate("warm-up", width=1024, height=1024, seed=0)
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(n):
+        _sync()
+        t = time.perf_counter()
+        lp.generate("a red sneaker on a beach at sunset, product photo", width=1024, height=1024, seed=i + 1)
+        _sync()
+        times.append(time.perf_counter() - t)
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30
+    print(f"SDXL-Lightning 4-step 1024x1024 on {torch.cuda.get_device_name()} ({dtype_n}), {source}")
+    print(f"load {load_s:.1f} s; peak host RSS {rss_after:.1f} GB (was {rss_before:.1f} GB before loading)")
+    print(f"weights on GPU {weights_gb:.2f} GB; peak VRAM while generating {peak_gb:.2f} GB (seed's claim: ~6-7 GB)")
+    print(f"latency median {statistics.median(times):.2f} s, min {min(times):.2f} s over {n} images "
+          f"(seed's claim: 2-3 s on a T4)")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4, choices=sorted(UNET_FILES))
+    parser.add_argument("--sdxl", action="store_true", help="GPU: SDXL's real sizes at 1024x1024")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.sdxl:
+        sdxl_on_gpu(min(args.n, 10))
+        return
+    from services.image.smoke import write_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_models(Path(tmp))
+        http_vs_direct(Path(tmp), args.n, args.size, args.steps, profile="smoke")
+
+
+if __name__ == "__main__":
+    main()
