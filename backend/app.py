@@ -6,6 +6,7 @@ import logging
 from flask import Flask
 from flask_cors import CORS
 from flask_socketio import SocketIO
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from services.model_env import ModelEnv
 from services.vram import VramOffloader
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
 
     app = Flask("enfoads")
+    # Behind ngrok (or Colab's proxy) URLs we hand out must carry the public scheme and host.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     origins = settings.cors_origins

@@ -371,3 +371,11 @@ def test_fp16_path_as_on_a_t4(live_server, settings_for, pipeline_calls):
         pipe = lp.pipe
         assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.float16}
         assert pipe.vae.config.force_upcast is False
+
+
+def test_urls_behind_the_tunnel_carry_the_public_scheme_and_host(server):
+    headers = {**H, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "abc.ngrok-free.app"}
+    r = generate(server, {"prompt": "a lamp", "width": 64, "height": 64, "seed": 1, "response_format": "url"},
+                 headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["url"].startswith("https://abc.ngrok-free.app/jobs/")

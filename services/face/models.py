@@ -166,8 +166,9 @@ def _how_to_provide(cfg: FaceConfig) -> str:
     sha = cfg.expected_inswapper_sha256
     return (f"InsightFace no longer publishes inswapper_128.onnx: put the file at "
             f"{Path(cfg.models_dir) / INSWAPPER / cfg.inswapper_filename}, or set ENFOADS_FACE_INSWAPPER_PATH to it, "
-            f"or download it into the Hugging Face cache with `hf download {cfg.inswapper_repo} "
-            f"{cfg.inswapper_filename}` (ENFOADS_FACE_INSWAPPER_REPO / _FILENAME choose the repo)"
+            f"or run `python -m prefetch face` (fetches it from the mirror in the manifest into the Hugging Face "
+            f"cache; ENFOADS_FACE_INSWAPPER_REPO / _FILENAME read another repo: `hf download {cfg.inswapper_repo} "
+            f"{cfg.inswapper_filename}`)"
             + (f"; its sha256 must be {sha}" if sha else ""))
 
 
