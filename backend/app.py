@@ -16,6 +16,7 @@ from .errors import install_error_handlers
 from .jobs import JobManager, JobStore
 from .routes import jobs as job_routes
 from .routes import system as system_routes
+from .routes import vita as vita_routes
 from .settings import GB, Settings, load_settings
 from .sockets import install_sockets
 
@@ -23,7 +24,7 @@ log = logging.getLogger("enfoads")
 
 # Each family's web module exposes `install(app, backend)`: it builds its service, registers its
 # job kinds, blueprint, Socket.IO namespaces and /v1/models entries.
-FAMILIES: tuple = ()
+FAMILIES: tuple = (vita_routes,)
 
 CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "Prefer", "ngrok-skip-browser-warning"]
 
