@@ -84,6 +84,7 @@ class VitaClient:
     def __init__(self, url: str, token: str = API_KEY, transports=("websocket",)):
         self.sio = socketio.Client(reconnection=False)
         self.events: list[tuple[str, object]] = []
+        self.stamps: list[float] = []  # time.monotonic() of each event's arrival
         self.cond = threading.Condition()
         for name in self.EVENTS:
             self.sio.on(name, self._recorder(name), namespace="/vita")
@@ -95,6 +96,7 @@ class VitaClient:
         def record(*args):
             with self.cond:
                 self.events.append((name, args[0] if args else None))
+                self.stamps.append(time.monotonic())
                 self.cond.notify_all()
         return record
 

@@ -59,6 +59,7 @@ class Reply:
         self.number = number
         self.cancelled = threading.Event()
         self.done = threading.Event()
+        self.first_audio_s: float | None = None  # end of speech (VAD) -> first audio emitted
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -182,6 +183,10 @@ class Session:
     # ------------------------------------------------------------------ replies
 
     @property
+    def last_reply(self) -> Reply | None:
+        return self._reply
+
+    @property
     def responding(self) -> bool:
         r = self._reply
         return r is not None and not r.done.is_set() and not r.cancelled.is_set()
@@ -246,7 +251,6 @@ class Session:
     def _speak_reply(self, reply: Reply, text: str, language: str, t0: float) -> str:
         said: list[str] = []
         pcm = PcmStream()
-        first_audio = None
         sentences = self.brain.stream_sentences(list(self.history), text, self.current_frames(), language,
                                                 reply.cancelled)
         try:
@@ -258,9 +262,10 @@ class Session:
                     data = pcm.convert(chunk, rate)
                     if data and not self._emit_for(reply, "audio", data):
                         break
-                    if data and first_audio is None:
-                        first_audio = time.perf_counter() - t0
-                        log.info("vita %s: first audio %.2f s after the end of speech", self.sid[:8], first_audio)
+                    if data and reply.first_audio_s is None:
+                        reply.first_audio_s = time.perf_counter() - t0
+                        log.info("vita %s: first audio %.2f s after the end of speech", self.sid[:8],
+                                 reply.first_audio_s)
                 if reply.cancelled.is_set():
                     break
                 tail = pcm.flush()
