@@ -245,7 +245,7 @@ def bench_reply(models_dir: Path, device: str, runs: int = 5, max_new_tokens: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", default="1,5,10,20,30")
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--skip-socketio", action="store_true")
     ap.add_argument("--skip-reply", action="store_true")
     args = ap.parse_args()

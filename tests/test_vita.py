@@ -329,3 +329,10 @@ def test_polling_transport_works_too(vita, speech):
     c.send_audio(utterance(speech), speed=FAST)
     c.wait_event("response_done")
     assert c.of("audio")
+
+
+def test_only_the_page_and_its_script_skip_the_key(vita):
+    server, *_ = vita()
+    app = server.app
+    public = {r.rule for r in app.url_map.iter_rules() if getattr(app.view_functions[r.endpoint], "public", False)}
+    assert {r for r in public if "vita" in r} == {"/vita", "/vita/static/<path:name>"}
