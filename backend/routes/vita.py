@@ -172,7 +172,17 @@ def vita_static(name: str):
     return send_from_directory(STATIC, name, max_age=3600)
 
 
+# Behind a tunnel that drops WebSockets, Socket.IO falls back to HTTP long-polling, and a browser
+# batches everything queued since its last POST: ~125 audio packets a second make batches far
+# over Engine.IO's default of 16 packets, which it rejects whole. 512 is ~4 s of audio per POST;
+# the POST size stays capped by max_http_buffer_size.
+MAX_PACKETS_PER_POLL = 512
+
+
 def install(app, backend) -> None:
+    from engineio.payload import Payload
+
+    Payload.max_decode_packets = max(Payload.max_decode_packets, MAX_PACKETS_PER_POLL)
     s = backend.settings
     env = backend.model_env
     brain, brain_error = build_brain(backend)

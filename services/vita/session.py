@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -258,14 +259,17 @@ class Session:
                 if not self._emit_for(reply, "response_text", {"text": sentence}):
                     break
                 said.append(sentence)
-                for chunk, rate in self.speaker.synthesize(sentence, language, self.config.voice):
-                    data = pcm.convert(chunk, rate)
-                    if data and not self._emit_for(reply, "audio", data):
-                        break
-                    if data and reply.first_audio_s is None:
-                        reply.first_audio_s = time.perf_counter() - t0
-                        log.info("vita %s: first audio %.2f s after the end of speech", self.sid[:8],
-                                 reply.first_audio_s)
+                speech = iter(self.speaker.synthesize(sentence, language, self.config.voice))
+                # closing a generator ends the TTS at once on barge-in (and releases its model)
+                with closing(speech) if hasattr(speech, "close") else nullcontext():
+                    for chunk, rate in speech:
+                        data = pcm.convert(chunk, rate)
+                        if data and not self._emit_for(reply, "audio", data):
+                            break
+                        if data and reply.first_audio_s is None:
+                            reply.first_audio_s = time.perf_counter() - t0
+                            log.info("vita %s: first audio %.2f s after the end of speech", self.sid[:8],
+                                     reply.first_audio_s)
                 if reply.cancelled.is_set():
                     break
                 tail = pcm.flush()
