@@ -26,9 +26,13 @@ MIN_UTTERANCE_S = 1.0
 
 def load_vad_model():
     """The Silero VAD ONNX model shipped inside the `silero-vad` package (no download)."""
+    import warnings
+
     from silero_vad import load_silero_vad
 
-    return load_silero_vad(onnx=True)
+    with warnings.catch_warnings():  # the package's own importlib.resources.path() deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return load_silero_vad(onnx=True)
 
 
 @dataclass(frozen=True)
