@@ -99,6 +99,24 @@ class Settings(BaseSettings):
     image_cache_mb: float = Field(512, ge=0, description="disk kept for cached images; 0 turns the cache off")
     image_magic_prompt_engine: Literal["rules"] = "rules"
 
+    # --- vita ---
+    vita_vlm: str = Field("qwen2-vl-2b-instruct", description="manifest key of the assistant's vision-language model")
+    vita_max_sessions: int = Field(2, ge=1, le=64, description="open realtime sessions; more get too_many_users")
+    vita_session_timeout_s: float = Field(600, gt=0, description="idle seconds before out_time")
+    vita_history_turns: int = Field(4, ge=0, le=50, description="earlier exchanges the model sees")
+    vita_max_frames: int = Field(4, ge=1, le=32, description="camera frames kept per session")
+    vita_frames_per_reply: int = Field(2, ge=0, le=8, description="latest frames shown to the model")
+    vita_frame_gap_s: float = Field(1.0, gt=0, description="a longer gap between frames clears them (camera off)")
+    vita_frame_max_pixels: int = Field(448 * 448, ge=28 * 28, description="frames are downscaled to this for the model")
+    vita_max_frame_mb: float = Field(2.0, gt=0, description="larger video_frame packets are dropped")
+    vita_max_utterance_s: float = Field(20, ge=1, le=120, description="longer speech is cut and answered")
+    vita_max_new_tokens: int = Field(160, ge=1, le=2048)
+    vita_language: str = Field("es", description="reply language when detection gives none")
+    vita_voice: str | None = Field(None, description="TTS voice for replies (the TTS default when unset)")
+    vita_audio_rate_limit: float = Field(1.5, gt=1, le=20, description="audio accepted per second, x real time")
+    vita_audio_burst_s: float = Field(2.0, gt=0, le=30, description="audio seconds a client may send at once")
+    vita_preload: bool = Field(True, description="load the assistant's models when a session opens")
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, v):
