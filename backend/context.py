@@ -21,6 +21,8 @@ class Backend:
     socketio: Any
     started_at: float = field(default_factory=time.time)
     models: list[dict] = field(default_factory=list)  # /v1/models entries added by each family
+    whisper: Any = None  # services.whisper WhisperService, once its family is installed
+    tts: Any = None  # services.tts TtsService, likewise (the realtime assistant uses both)
 
 
 def backend() -> Backend:

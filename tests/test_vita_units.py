@@ -166,35 +166,3 @@ def test_pinned_assistant_models_are_evicted_last_by_another_familys_job():
     with vram.acquire("sdxl"):  # needs 4 GB: the idle unpinned image model goes, not the assistant's
         states = {m["name"]: m["state"] for m in vram.snapshot()["models"]}
     assert states["old-image"] == "unloaded" and states["vlm"] == "gpu" and states["tts"] == "gpu"
-
-
-def test_adapters_turn_the_speech_services_into_the_assistants_ports():
-    from services.vita.ports import Speaker, Transcriber, TtsSpeaker, WhisperTranscriber
-
-    class Whisper:
-        vram_names = ("whisper-small",)
-
-        def __init__(self, result):
-            self.result = result
-
-        def transcribe_array(self, audio, language=None):
-            self.seen = (audio.shape, language)
-            return self.result
-
-    class Result:
-        text, language = " hola ", "es"
-
-    for result in ({"text": " hola ", "language": "es"}, (" hola ", "es"), Result()):
-        t = WhisperTranscriber(Whisper(result))
-        assert isinstance(t, Transcriber) and t.transcribe(np.zeros(16000, np.float32), None) == ("hola", "es")
-        assert t.service.seen == ((16000,), None) and t.vram_names == ("whisper-small",)
-
-    class Tts:
-        def synthesize_stream(self, text, language=None, voice=None):
-            self.seen = (text, language, voice)
-            yield [0.0, 0.5], 22050.0
-
-    s = TtsSpeaker(Tts())
-    chunks = list(s.synthesize("Hola.", "es", "ana"))
-    assert isinstance(s, Speaker) and s.service.seen == ("Hola.", "es", "ana") and s.vram_names == ()
-    assert chunks[0][0].dtype == np.float32 and chunks[0][1] == 22050

@@ -358,6 +358,7 @@ def install(app, b) -> None:
                      clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai)
     svc.register_models()
     app.extensions["enfoads.tts"] = svc
+    b.tts = svc
     speech, stream = make_handlers(svc)
     b.jobs.register(SPEECH_KIND, speech)
     b.jobs.register(STREAM_KIND, stream)

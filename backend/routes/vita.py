@@ -50,13 +50,12 @@ def config_from(settings) -> VitaConfig:
     )
 
 
-def _component(backend, own: str, service: str, adapter):
-    """A ready component under `backend.<own>`, else the `backend.<service>` service adapted."""
-    ready = getattr(backend, own, None)
-    if ready is not None:
-        return ready
-    svc = getattr(backend, service, None)
-    return adapter(svc) if svc is not None else None
+def speech_ports(backend):
+    """The assistant's ears and voice: the whisper and TTS services installed before it, if any."""
+    transcriber = WhisperTranscriber(backend.whisper) if backend.whisper is not None else None
+    s = backend.settings
+    speaker = TtsSpeaker(backend.tts, s.tts_default_model, s.vita_language) if backend.tts is not None else None
+    return transcriber, speaker
 
 
 def build_brain(backend):
@@ -186,10 +185,11 @@ def install(app, backend) -> None:
     s = backend.settings
     env = backend.model_env
     brain, brain_error = build_brain(backend)
+    transcriber, speaker = speech_ports(backend)
     manager = SessionManager(
         config_from(s), vram=env.vram, brain=brain, brain_error=brain_error,
-        transcriber=_component(backend, "vita_transcriber", "whisper", WhisperTranscriber),
-        speaker=_component(backend, "vita_speaker", "tts", TtsSpeaker),
+        transcriber=transcriber,
+        speaker=speaker,
         vad_estimate_bytes=vram_estimate(VAD_NAME, "fp32"), preload=s.vita_preload,
     )
     app.extensions["vita"] = manager

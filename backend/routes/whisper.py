@@ -225,6 +225,7 @@ def install(app, b) -> None:
                              default_language=s.whisper_language, beam_size=s.whisper_beam_size,
                              cpu_threads=s.whisper_cpu_threads, max_seconds=s.whisper_max_seconds)
     app.extensions["enfoads.whisper"] = service
+    b.whisper = service
     b.jobs.register(whisper_jobs.TRANSCRIBE, lambda params, ctx: whisper_jobs.transcribe_job(service, params, ctx))
     b.jobs.register(whisper_jobs.SUBTITLE_VIDEO,
                     lambda params, ctx: whisper_jobs.subtitle_video_job(service, params, ctx))

@@ -28,35 +28,35 @@ def vram_names(component: Any) -> tuple[str, ...]:
 
 
 class WhisperTranscriber:
-    """Transcriber over the whisper service (services/whisper): its in-memory array entry point.
+    """Transcriber over the whisper service (services/whisper): its in-memory array entry point."""
 
-    The service's method takes a 16 kHz float32 array and a language (None = detect) and returns
-    an object or dict with `text` and `language`.
-    """
-
-    def __init__(self, whisper_service: Any, method: str = "transcribe_array"):
+    def __init__(self, whisper_service: Any):
         self.service = whisper_service
-        self._call = getattr(whisper_service, method)
-        self.vram_names = vram_names(whisper_service)
+        self.vram_names = (whisper_service.vram_name(whisper_service.default_key),)
 
     def transcribe(self, audio: np.ndarray, language: str | None) -> tuple[str, str | None]:
-        result = self._call(audio, language=language)
-        if isinstance(result, dict):
-            return str(result.get("text", "")).strip(), result.get("language")
-        if isinstance(result, tuple):
-            return str(result[0]).strip(), result[1]
-        return str(getattr(result, "text", "")).strip(), getattr(result, "language", None)
+        # Silero VAD already cut the utterance, so whisper's own VAD would only cost time; one greedy
+        # pass (no temperature fallback retries) keeps the reply latency predictable.
+        options = self.service.options(language=language, vad_filter=False, temperature=0.0)
+        result = self.service.transcribe_array(audio, options)
+        return str(result.get("text", "")).strip(), result.get("language")
 
 
 class TtsSpeaker:
-    """Speaker over the TTS service (services/tts): its streaming synthesis entry point, which
-    yields (float32 audio, sample_rate) chunks for text / language / voice."""
+    """Speaker over the TTS service (services/tts): its in-process streaming entry point, which
+    yields (float32 audio, sample_rate) chunks sentence by sentence."""
 
-    def __init__(self, tts_service: Any, method: str = "synthesize_stream"):
+    def __init__(self, tts_service: Any, model: str, fallback_language: str = "es"):
         self.service = tts_service
-        self._call = getattr(tts_service, method)
-        self.vram_names = vram_names(tts_service)
+        self.model = model
+        self.fallback_language = fallback_language
+        self.vram_names = (model,)
+        self.languages = {lang for engine in tts_service.engines.values() for lang in engine.languages}
 
     def synthesize(self, text: str, language: str, voice: str | None) -> Iterator[tuple[np.ndarray, int]]:
-        for audio, rate in self._call(text, language=language, voice=voice):
+        # Whisper may detect a language no TTS engine speaks (or mishear one): answer in the
+        # assistant's own language rather than not at all.
+        if (language or "").lower() not in self.languages:
+            language = self.fallback_language
+        for audio, rate in self.service.speak(text, voice=voice, language=language, model=self.model):
             yield np.asarray(audio, dtype=np.float32).reshape(-1), int(rate)
