@@ -40,9 +40,9 @@ def vita(live_server, make_settings, vita_models):
         s = speaker or ToneSpeaker()
 
         def setup(app):
-            if wire:
-                app.extensions["vita"].transcriber = t
-                app.extensions["vita"].speaker = s
+            # wire=False: a server whose whisper and TTS services are absent
+            app.extensions["vita"].transcriber = t if wire else None
+            app.extensions["vita"].speaker = s if wire else None
 
         server = live_server(make_settings(**values), setup=setup)
         return server, server.app.extensions["vita"], t, s
