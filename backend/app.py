@@ -24,6 +24,7 @@ from .routes import vita as vita_routes
 from .routes import whisper as whisper_routes
 from .settings import GB, Settings, load_settings
 from .sockets import install_sockets
+from .uploads import install_upload_cleanup
 
 log = logging.getLogger("enfoads")
 
@@ -36,6 +37,10 @@ FAMILIES: tuple = (
     tts_routes,
     vita_routes,  # last: it uses the whisper and TTS services installed before it
 )
+
+# Socket.IO messages are read before any token check: cap them well above the largest legitimate
+# one (a VITA camera frame, a few MB as a data URL) but far below the HTTP upload limit.
+SOCKET_MAX_MESSAGE_BYTES = 16 * 1024**2
 
 CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "Prefer", "ngrok-skip-browser-warning"]
 
@@ -71,11 +76,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     # reorders them and costs 15x the p99 at 20 sessions). Handlers must stay quick: long work
     # goes to a thread of its own.
     socketio = SocketIO(app, async_mode="threading", cors_allowed_origins="*" if origins == ["*"] else origins,
-                        max_http_buffer_size=settings.max_upload_bytes, async_handlers=False)
+                        max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False)
 
     api_key = auth.load_or_create_key(settings.data_dir,
                                       settings.api_key.get_secret_value() if settings.api_key else None)
-    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max)
+    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max,
+                      retention_s=settings.job_retention_hours * 3600)
     vram = make_offloader(settings)
     model_env = ModelEnv(models_dir=settings.models_dir, profile=settings.profile, device=settings.resolved_device,
                          dtype=settings.dtype_name, vram=vram, data_dir=settings.data_dir)
@@ -84,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     install_error_handlers(app)
     auth.install_auth(app)
+    install_upload_cleanup(app)
     app.register_blueprint(system_routes.bp)
     app.register_blueprint(job_routes.bp)
     install_sockets(socketio, b)
@@ -99,6 +106,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def shutdown_app(app: Flask) -> None:
     b: Backend = app.extensions["enfoads"]
+    vita = app.extensions.get("vita")
+    if vita is not None:  # its reaper thread and open sessions (with their VRAM pins) end here
+        vita.stop()
     b.jobs.stop()
     b.vram.stop()
     b.jobs.store.close()

@@ -1,6 +1,7 @@
 """Run a request as a job: wait for it and answer inline, or answer 202 with the job's id."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from flask import Response, url_for
@@ -10,6 +11,7 @@ from .api import ok, wants_async
 from .context import backend
 from .errors import STATUS_BY_KIND, ApiError
 from .jobs import CANCELLED, FAILED, SUCCEEDED, Job, QueueFull
+from .uploads import take_uploads
 
 
 def current_owner() -> str:
@@ -17,9 +19,13 @@ def current_owner() -> str:
 
 
 def submit(kind: str, params: dict) -> Job:
+    """Queue a job; the files this request uploaded go with it (deleted when it ends)."""
+    uploads = take_uploads()
     try:
-        return backend().jobs.submit(kind, params, owner=current_owner())
+        return backend().jobs.submit(kind, params, owner=current_owner(), uploads=uploads)
     except QueueFull as exc:
+        for path in uploads:
+            Path(path).unlink(missing_ok=True)
         raise ApiError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)}) from None
 
 

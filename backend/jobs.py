@@ -42,11 +42,13 @@ class Job:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    uploads: list = field(default_factory=list)  # input files this job owns: deleted when it ends
 
     def public(self) -> dict:
         data = asdict(self)
         data.pop("params")
         data.pop("owner")
+        data.pop("uploads")
         return data
 
 
@@ -60,8 +62,8 @@ class JobStore:
     """SQLite job table. One connection shared under a lock: writes are small and rare."""
 
     COLUMNS = ("id", "kind", "owner", "status", "progress", "message", "params", "result", "error",
-               "created_at", "started_at", "finished_at")
-    JSON_COLUMNS = {"params", "result", "error"}
+               "created_at", "started_at", "finished_at", "uploads")
+    JSON_COLUMNS = {"params", "result", "error", "uploads"}
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +75,7 @@ class JobStore:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT NOT NULL,"
             " status TEXT NOT NULL, progress REAL NOT NULL, message TEXT NOT NULL, params TEXT, result TEXT,"
-            " error TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL)")
+            " error TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL, uploads TEXT)")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at)")
 
     def _row_to_job(self, row) -> Job:
@@ -81,6 +83,7 @@ class JobStore:
         for col in self.JSON_COLUMNS:
             data[col] = json.loads(data[col]) if data[col] is not None else None
         data["params"] = data["params"] or {}
+        data["uploads"] = data["uploads"] or []
         return Job(**data)
 
     def insert(self, job: Job) -> None:
@@ -122,11 +125,25 @@ class JobStore:
         now = time.time()
         error = json.dumps({"kind": "interrupted", "message": INTERRUPTED})
         with self._lock:
+            interrupted = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status=?",
+                                           (RUNNING,)).fetchall()
             self._db.execute("UPDATE jobs SET status=?, message=?, error=?, finished_at=? WHERE status=?",
                              (FAILED, INTERRUPTED, error, now, RUNNING))
             rows = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status=? ORDER BY created_at",
                                     (QUEUED,)).fetchall()
+        for row in interrupted:
+            for path in self._row_to_job(row).uploads:
+                Path(path).unlink(missing_ok=True)
         return [self._row_to_job(r) for r in rows]
+
+    def delete_finished_before(self, cutoff: float) -> list[str]:
+        """Remove finished jobs that ended before `cutoff` (unix time); returns their ids."""
+        with self._lock:
+            ids = [r[0] for r in self._db.execute(
+                "SELECT id FROM jobs WHERE status IN (?, ?, ?) AND finished_at < ?",
+                (SUCCEEDED, FAILED, CANCELLED, cutoff)).fetchall()]
+            self._db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+        return ids
 
     def integrity_ok(self) -> bool:
         with self._lock:
@@ -165,10 +182,14 @@ Handler = Callable[[dict, JobContext], dict]
 class JobManager:
     PROGRESS_WRITE_INTERVAL = 0.25  # seconds between progress writes to SQLite; events are not throttled
 
-    def __init__(self, store: JobStore, outputs_dir: Path, *, queue_max: int = 32):
+    PURGE_INTERVAL = 3600.0  # seconds between sweeps of expired jobs
+
+    def __init__(self, store: JobStore, outputs_dir: Path, *, queue_max: int = 32, retention_s: float = 0.0):
         self.store = store
         self.outputs_dir = outputs_dir
         self.queue_max = queue_max
+        self.retention_s = retention_s  # 0: keep finished jobs and their files forever
+        self._next_purge = 0.0
         self._handlers: dict[str, Handler] = {}
         self._listeners: list[Callable[[Job], None]] = []
         self._queue: deque[str] = deque()
@@ -223,13 +244,14 @@ class JobManager:
             self._thread = None
 
     # --- client side ------------------------------------------------------------------------
-    def submit(self, kind: str, params: dict, owner: str) -> Job:
+    def submit(self, kind: str, params: dict, owner: str, *, uploads: list[str] | None = None) -> Job:
         if kind not in self._handlers:
             raise KeyError(f"no handler for job kind {kind!r}")
         with self._cond:
             if len(self._queue) >= self.queue_max:
                 raise QueueFull(self._retry_after())
-            job = Job(id=uuid.uuid4().hex, kind=kind, owner=owner, params=params, message="queued")
+            job = Job(id=uuid.uuid4().hex, kind=kind, owner=owner, params=params, message="queued",
+                      uploads=list(uploads or []))
             self.store.insert(job)
             self._done[job.id] = threading.Event()
             self._queue.append(job.id)
@@ -269,13 +291,33 @@ class JobManager:
         return max(1, int(per_job * (len(self._queue) + 1) + 0.999))
 
     # --- worker -------------------------------------------------------------------------------
+    def purge_expired(self) -> list[str]:
+        """Delete finished jobs older than the retention, their rows and output folders."""
+        if not self.retention_s:
+            return []
+        ids = self.store.delete_finished_before(time.time() - self.retention_s)
+        for job_id in ids:
+            shutil.rmtree(self.outputs_dir / job_id, ignore_errors=True)
+        if ids:
+            log.info("deleted %d job(s) older than %.0f h and their files", len(ids), self.retention_s / 3600)
+        return ids
+
     def _work(self) -> None:
         while True:
+            if time.monotonic() >= self._next_purge:  # between jobs: never races a running one
+                self._next_purge = time.monotonic() + self.PURGE_INTERVAL
+                try:
+                    self.purge_expired()
+                except Exception:
+                    log.exception("purging expired jobs failed")
             with self._cond:
                 while not self._queue and not self._stopping:
-                    self._cond.wait()
+                    if not self._cond.wait(timeout=max(0.0, self._next_purge - time.monotonic())):
+                        break  # time for the next sweep
                 if self._stopping:
                     return
+                if not self._queue:
+                    continue
                 job_id = self._queue.popleft()
             try:
                 self._run(job_id)
@@ -329,6 +371,8 @@ class JobManager:
         job = self.store.get(job_id)
         log.info("job %s %s%s", job_id[:8], status, f": {message}" if status == FAILED else "")
         if job is not None:
+            for path in job.uploads:
+                Path(path).unlink(missing_ok=True)
             self._emit(job)
         event = self._done.pop(job_id, None)
         if event is not None:

@@ -16,6 +16,7 @@ from services import diagnostics
 
 from .server import Server
 from .settings import Settings, load_settings
+from .tunnel import colab_secret
 
 log = logging.getLogger("enfoads.notebook")
 
@@ -222,8 +223,16 @@ def settings_for(*, ci: bool, data_dir: Path, **overrides) -> Settings:
         # face_det_size 256: the smoke detector's grid (services/face/smoke.py)
         values = dict(profile="smoke", device="cpu", port=0, data_dir=data_dir, face_det_size=256)
     else:
-        values = dict(profile="colab" if in_colab() else "local", host="0.0.0.0" if in_colab() else "127.0.0.1",
-                      port=int(os.environ.get("ENFOADS_PORT", 8000)), data_dir=data_dir)
+        # Only defaults: ENFOADS_* variables the user set still win (explicit values would beat them).
+        values = {name: value for name, value in (("profile", "colab" if in_colab() else "local"),
+                                                  ("host", "0.0.0.0" if in_colab() else "127.0.0.1"))
+                  if f"ENFOADS_{name.upper()}" not in os.environ}
+        values["data_dir"] = data_dir
+        if "ENFOADS_API_KEY" not in os.environ:
+            # Colab does not put secrets in the environment: a fixed key set as a secret must be read.
+            key, _problem = colab_secret("ENFOADS_API_KEY")
+            if key:
+                values["api_key"] = key
     values.update(overrides)
     return load_settings(**values)
 
@@ -315,7 +324,8 @@ def vram_view(server: Server, *, seconds: float = 3600, interval: float = 2.0):
 # What a ticked family downloads by default: the models its default routes load. Others (the
 # English and Turbo Chatterbox, Kyutai, smaller whispers) go in the form's extra-models field.
 DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
-    "image": ("image",),
+    # the 4-step Lightning UNet is the default; the 1/2/8-step files (5 GB each) only on request
+    "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"),
     "face": ("face",),
     "whisper": ("whisper-large-v3-turbo",),
     "tts": ("chatterbox-multilingual",),

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(200, gt=0)
     queue_max: int = Field(32, ge=1, description="queued jobs beyond this answer 429")
     job_wait_seconds: float = Field(60, ge=0, description="how long a request waits for its job before answering 202")
+    job_retention_hours: float = Field(72, ge=0, description="finished jobs and their files are deleted after this; "
+                                                              "0 keeps them forever")
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     vram_budget_gb: float | None = Field(None, gt=0, description="default: the GPU's total memory; 15 on CPU")
@@ -124,6 +126,12 @@ class Settings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
+    @model_validator(mode="after")
+    def _resolve_dirs(self):
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        self.models_dir = Path(self.models_dir or self.data_dir / "models").expanduser().resolve()
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -169,6 +177,4 @@ def load_settings(config: str | Path | None = None, **overrides) -> Settings:
         settings = Settings(**overrides)
     finally:
         _yaml_file.reset(token)
-    settings.data_dir = settings.data_dir.expanduser().resolve()
-    settings.models_dir = (settings.models_dir or settings.data_dir / "models").expanduser().resolve()
     return settings

@@ -78,7 +78,7 @@ def _colab():
     return colab
 
 
-def _colab_secret(name: str) -> tuple[str | None, str | None]:
+def colab_secret(name: str) -> tuple[str | None, str | None]:
     """(value, problem): the Colab secret, or why it could not be read."""
     if _colab() is None:
         return None, None
@@ -141,7 +141,7 @@ def resolve_authtoken(authtoken: Any = None) -> tuple[str | None, str | None, st
     token = _secret_value(os.environ.get(TOKEN_ENV))
     if token:
         return token, "env", None
-    token, problem = _colab_secret(COLAB_SECRET)
+    token, problem = colab_secret(COLAB_SECRET)
     if token:
         return token, "colab-secret", None
     return None, None, problem

@@ -1,7 +1,9 @@
 """Files sent by clients: a multipart field, or base64 (plain or a data: URL) in a JSON field.
 
 Uploads are written to <data>/uploads/ under a random name (the client's filename is never used
-as a path) and handed to services as paths.
+as a path) and handed to services as paths. One rule for their lifetime: an upload belongs to the
+request that saved it and is deleted when the request ends, unless the request handed it to a job
+(`job_http.submit`), whose end (success, failure or cancel) deletes it.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import re
 import uuid
 from pathlib import Path
 
-from flask import request
+from flask import Flask, g, request
 
 from .context import backend
 from .errors import ApiError
@@ -62,4 +64,17 @@ def save_upload(field: str, *, json_body: dict | None = None, required: bool = T
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}{suffix}"
     path.write_bytes(data)
+    g.setdefault("enfoads_uploads", []).append(path)
     return path
+
+
+def take_uploads() -> list[str]:
+    """The uploads this request saved, now owned by the caller (a job): the request won't delete them."""
+    return [str(p) for p in g.pop("enfoads_uploads", [])]
+
+
+def install_upload_cleanup(app: Flask) -> None:
+    @app.teardown_request
+    def _delete_unclaimed(exc=None):
+        for path in g.pop("enfoads_uploads", []):
+            path.unlink(missing_ok=True)

@@ -2,12 +2,13 @@
 import threading
 import time
 
-from flask import Blueprint
+from flask import Blueprint, request
 from pydantic import BaseModel, Field
 
 from backend.api import json_body, ok
-from backend.context import backend
+from backend.errors import ApiError
 from backend.job_http import run_job
+from backend.uploads import save_upload
 from services.errors import Unprocessable
 
 GATES: dict[str, threading.Event] = {}
@@ -63,6 +64,16 @@ bp = Blueprint("testing", __name__)
 def run():
     body = json_body(RunBody)
     return run_job(body.kind, body.model_dump(), lambda job: ok({"job_id": job.id, "result": job.result}))
+
+
+@bp.post("/test/upload")
+def upload_then_run():
+    """Saves the `file` upload, then refuses (?kind=invalid) or runs the job kind it names."""
+    save_upload("file")
+    kind = request.args.get("kind", "echo")
+    if kind == "invalid":
+        raise ApiError(400, "refused after the upload was saved", param="x")
+    return run_job(kind, {"value": 1, "seconds": 0.0}, lambda job: ok({"job_id": job.id}))
 
 
 def install(app):

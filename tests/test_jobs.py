@@ -2,9 +2,9 @@
 import os
 import signal
 import subprocess
+import time
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -208,5 +208,60 @@ def test_killed_mid_job_reads_interrupted_after_restart(tmp_path, make_settings,
         assert dead.status == "failed" and dead.message == "interrupted by restart"
         resumed = wait_for(lambda: (j := jobs.get(second)).status == "succeeded" and j)
         assert resumed.result == {"value": 9}
+    finally:
+        shutdown_app(app)
+
+
+def uploads_left(settings):
+    folder = settings.data_dir / "uploads"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def upload(server, kind, **kw):
+    return requests.post(f"{server.url}/test/upload", params={"kind": kind}, files={"file": ("a.wav", b"RIFF....")},
+                         headers={**H, **kw.pop("headers", {})}, timeout=20)
+
+
+def test_uploads_never_outlive_their_request_or_job(live_server, make_settings, wait_for):
+    settings = make_settings(queue_max=1)
+    server = live_server(settings, setup=fake_jobs.install)
+    # refused after saving: the request's uploads go with it
+    assert upload(server, "invalid").status_code == 400
+    assert uploads_left(settings) == []
+    # handed to a job: deleted when the job ends, whether it succeeds or fails
+    assert upload(server, "echo").status_code == 200
+    assert upload(server, "fail").status_code == 500
+    assert uploads_left(settings) == []
+    # queued then cancelled before it ran, and refused by a full queue
+    running = post(server, {"kind": "gated"}, headers={"Prefer": "respond-async"}).json()["job_id"]
+    fake_jobs.GATES["entered"].wait(5)
+    queued = upload(server, "echo", headers={"Prefer": "respond-async"}).json()["job_id"]
+    assert len(uploads_left(settings)) == 1
+    assert upload(server, "echo").status_code == 429
+    assert len(uploads_left(settings)) == 1
+    requests.delete(f"{server.url}/jobs/{queued}", headers=H, timeout=10)
+    assert uploads_left(settings) == []
+    fake_jobs.GATES["gated"].set()
+    wait_for(lambda: get(server, f"/jobs/{running}").json()["status"] == "succeeded")
+
+
+def test_finished_jobs_and_their_files_expire_after_the_retention(make_settings):
+    from backend.app import create_app, shutdown_app
+    from backend.jobs import Job
+
+    settings = make_settings(job_retention_hours=24)
+    app = create_app(settings)
+    jobs = app.extensions["enfoads"].jobs
+    try:
+        now = time.time()
+        for job_id, finished in (("old", now - 25 * 3600), ("recent", now - 3600)):
+            jobs.store.insert(Job(id=job_id, kind="echo", owner="o", status="succeeded", finished_at=finished))
+            (settings.outputs_dir / job_id).mkdir(parents=True)
+            (settings.outputs_dir / job_id / "out.png").write_bytes(b"x")
+        jobs.store.insert(Job(id="waiting", kind="echo", owner="o", created_at=now - 30 * 3600))
+        assert jobs.purge_expired() == ["old"]
+        assert jobs.get("old") is None and not (settings.outputs_dir / "old").exists()
+        assert jobs.get("recent") is not None and (settings.outputs_dir / "recent" / "out.png").exists()
+        assert jobs.get("waiting") is not None  # unfinished jobs never expire
     finally:
         shutdown_app(app)

@@ -92,6 +92,22 @@ def test_prefetch_form_maps_ticks_to_models():
                      "whisper-small"]
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         nb.prefetch_names({}, "nope")
+    # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each)
+    assert nb.prefetch_names({"image": True}) == ["sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"]
+
+
+def test_colab_settings_take_the_key_secret_and_respect_env(tmp_path, monkeypatch):
+    monkeypatch.setattr(nb, "in_colab", lambda: True)
+    monkeypatch.setattr(nb, "colab_secret", lambda name: ("fixed-key", None) if name == "ENFOADS_API_KEY" else (None, None))
+    for name in ("ENFOADS_API_KEY", "ENFOADS_HOST", "ENFOADS_PROFILE", "ENFOADS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    s = nb.settings_for(ci=False, data_dir=tmp_path)
+    assert s.api_key.get_secret_value() == "fixed-key" and s.profile == "colab" and s.host == "0.0.0.0"
+    monkeypatch.setenv("ENFOADS_PROFILE", "local")
+    monkeypatch.setenv("ENFOADS_PORT", "9123")
+    monkeypatch.setenv("ENFOADS_API_KEY", "env-key")
+    s = nb.settings_for(ci=False, data_dir=tmp_path)
+    assert (s.profile, s.port, s.api_key.get_secret_value()) == ("local", 9123, "env-key")
 
 
 def test_connection_help_says_what_to_paste_where(make_settings):

@@ -241,6 +241,24 @@ def test_streamed_audio_equals_the_whole_response(server):
     assert abs(len(streamed) - len(whole)) == 2 * int(0.03 * RATE)
 
 
+def test_stream_works_when_the_worker_starts_the_job_before_the_request_looks(server, monkeypatch):
+    import time
+
+    from backend.routes import tts as tts_routes
+
+    real_submit = tts_routes.submit
+
+    def slow_to_look(kind, params):
+        job = real_submit(kind, params)
+        time.sleep(0.5)  # the worker may run the whole job before the route reads its queue
+        return job
+
+    monkeypatch.setattr(tts_routes, "submit", slow_to_look)
+    body = {"input": "Hola.", "response_format": "pcm", "stream_format": "audio"}
+    r = requests.post(f"{server.url}/v1/audio/speech", json=body, headers=H, timeout=30)
+    assert r.status_code == 200 and len(r.content) > 0
+
+
 def test_sse_stream_sends_openai_events(server):
     body = {"input": TWO_SENTENCES, "chunk_size": 50, "response_format": "wav", "stream_format": "sse"}
     r = post(server, "/v1/audio/speech", body)

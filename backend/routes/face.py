@@ -123,32 +123,17 @@ def _asset(field: str, value: str) -> Path:
     return Path(path)
 
 
-def _input(field: str, opts: BaseModel, uploads: list[str]) -> Path:
+def _input(field: str, opts: BaseModel) -> Path:
     """The file for `field`: a multipart upload, base64 in JSON, or one of the caller's job outputs."""
     body = opts.model_dump() if _is_json() else None
     path = save_upload(field, json_body=body, required=False)
     if path is not None:
-        uploads.append(str(path))
         return path
     asset = getattr(opts, f"{field}_asset", None)
     if asset:
         return _asset(field, asset)
     raise ApiError(400, f"{field}: a file is required (multipart field '{field}', base64 in JSON, or "
                    f"{field}_asset)", param=field, code="missing_file")
-
-
-def _submit(kind: str, params: dict, uploads: list[str], render):
-    try:
-        return run_job(kind, {**params, "uploads": uploads}, render)
-    except ApiError as exc:
-        if exc.extra.get("job_id") is None:  # never queued (e.g. 429): the handler won't clean up
-            _cleanup(uploads)
-        raise
-
-
-def _cleanup(paths: list[str]) -> None:
-    for p in paths:
-        Path(p).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- routes
@@ -158,10 +143,9 @@ def _cleanup(paths: list[str]) -> None:
      tags=TAGS, form=DetectOptions, responses=ERRORS)
 def detect():
     opts = _options(DetectOptions)
-    uploads: list[str] = []
-    image = _input("image", opts, uploads)
+    image = _input("image", opts)
     params = {"image": str(image), "embedding": opts.embedding, "landmarks": opts.landmarks}
-    return _submit("face.detect", params, uploads, lambda job: ok({"job_id": job.id, **job.result}))
+    return run_job("face.detect", params, lambda job: ok({"job_id": job.id, **job.result}))
 
 
 @bp.post("/face-swap")
@@ -169,9 +153,8 @@ def detect():
      tags=TAGS, form=SwapOptions, responses=ERRORS, content_type="image/png")
 def face_swap():
     opts = _options(SwapOptions)
-    uploads: list[str] = []
-    source = _input("source", opts, uploads)
-    target = _input("target", opts, uploads)
+    source = _input("source", opts)
+    target = _input("target", opts)
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
               "target_indices": opts.target_indices, "output_format": opts.output_format, "quality": opts.quality}
 
@@ -191,7 +174,7 @@ def face_swap():
             payload["b64_json"] = base64.b64encode(data).decode()
         return ok(payload)
 
-    return _submit("face.swap", params, uploads, render)
+    return run_job("face.swap", params, render)
 
 
 @bp.post("/face-swap/video")
@@ -199,17 +182,12 @@ def face_swap():
      tags=TAGS, form=VideoSwapOptions, responses=ERRORS)
 def face_swap_video():
     opts = _options(VideoSwapOptions)
-    uploads: list[str] = []
-    source = _input("source", opts, uploads)
-    target = _input("target", opts, uploads)
-    try:
-        check_video(target, _service().cfg)  # refuse before queueing what cannot be processed
-    except Exception:
-        _cleanup(uploads)
-        raise
+    source = _input("source", opts)
+    target = _input("target", opts)
+    check_video(target, _service().cfg)  # refuse before queueing what cannot be processed
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
               "target_indices": opts.target_indices}
-    return _submit("face.swap_video", params, uploads, lambda job: ok(
+    return run_job("face.swap_video", params, lambda job: ok(
         {"job_id": job.id, "url": f"/jobs/{job.id}/files/{job.result['file']}", **job.result}))
 
 
@@ -217,27 +195,18 @@ def face_swap_video():
 
 def _handlers(service: FaceService):
     def detect_job(params: dict, ctx) -> dict:
-        try:
-            return service.detect(Path(params["image"]), embedding=params["embedding"], landmarks=params["landmarks"])
-        finally:
-            _cleanup(params.get("uploads", []))
+        return service.detect(Path(params["image"]), embedding=params["embedding"], landmarks=params["landmarks"])
 
     def swap_job(params: dict, ctx) -> dict:
-        try:
-            out = ctx.output_dir / f"swap.{'jpg' if params['output_format'] == 'jpeg' else params['output_format']}"
-            return service.swap_image(Path(params["source"]), Path(params["target"]), out,
-                                      source_index=params["source_index"], target_indices=params["target_indices"],
-                                      fmt=params["output_format"], quality=params["quality"])
-        finally:
-            _cleanup(params.get("uploads", []))
+        out = ctx.output_dir / f"swap.{'jpg' if params['output_format'] == 'jpeg' else params['output_format']}"
+        return service.swap_image(Path(params["source"]), Path(params["target"]), out,
+                                  source_index=params["source_index"], target_indices=params["target_indices"],
+                                  fmt=params["output_format"], quality=params["quality"])
 
     def video_job(params: dict, ctx) -> dict:
-        try:
-            return swap_video(service, Path(params["source"]), Path(params["target"]), ctx.output_dir / "swap.mp4",
-                              source_index=params["source_index"], target_indices=params["target_indices"],
-                              progress=ctx.progress)
-        finally:
-            _cleanup(params.get("uploads", []))
+        return swap_video(service, Path(params["source"]), Path(params["target"]), ctx.output_dir / "swap.mp4",
+                          source_index=params["source_index"], target_indices=params["target_indices"],
+                          progress=ctx.progress)
 
     return {"face.detect": detect_job, "face.swap": swap_job, "face.swap_video": video_job}
 

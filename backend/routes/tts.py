@@ -7,13 +7,13 @@ import json
 import logging
 import queue
 import threading
+import uuid
 from typing import Literal
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.media import AUDIO_FORMATS, audio_mime, encode_audio
-from services.tts import audio as tts_audio
+from services.media import audio_mime, encode_audio
 from services.tts.kyutai_engine import KyutaiOptions
 from services.tts.service import MAX_CHUNK, SpeechRequest, TtsService
 
@@ -21,7 +21,7 @@ from ..api import doc, form_params, json_body, ok
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import raise_for_job, run_job, submit
-from ..jobs import CANCELLED, FAILED
+from ..jobs import CANCELLED, FAILED, SUCCEEDED
 from ..sockets import AuthedNamespace
 from ..uploads import save_upload
 
@@ -101,7 +101,7 @@ def make_handlers(svc: TtsService):
 
     def stream(params: dict, ctx) -> dict:
         with _streams_lock:
-            out = _streams.get(ctx.job_id)
+            out = _streams.get(params.get("stream", ""))
         if out is None:  # the client left before the job started (or the server restarted)
             return {"chunks": 0}
         try:
@@ -139,13 +139,20 @@ def _start_stream(req: SpeechRequest):
     svc = service()
     plan = svc.plan(req)
     out: queue.Queue = queue.Queue()
-    job = submit(STREAM_KIND, {"request": _plan_params(plan.request)})
+    # The queue is registered before the job exists: the worker may start it at once.
+    stream_id = uuid.uuid4().hex
     with _streams_lock:
-        _streams[job.id] = out
-    return plan, job, out
+        _streams[stream_id] = out
+    try:
+        job = submit(STREAM_KIND, {"request": _plan_params(plan.request), "stream": stream_id})
+    except Exception:
+        with _streams_lock:
+            _streams.pop(stream_id, None)
+        raise
+    return plan, job, out, stream_id
 
 
-def _drain(job, out: queue.Queue):
+def _drain(job, out: queue.Queue, stream_id: str):
     """(kind, value) items from a streaming job until it ends; a failed job raises its error."""
     try:
         while True:
@@ -155,6 +162,8 @@ def _drain(job, out: queue.Queue):
                 current = backend().jobs.get(job.id)
                 if current is not None and current.status in (FAILED, CANCELLED):
                     raise_for_job(current)
+                if current is not None and current.status == SUCCEEDED and out.empty():
+                    return  # ended without feeding this queue (it was not registered in time)
                 continue
             if kind == "end":
                 current = backend().jobs.wait(job.id, 30)
@@ -164,14 +173,14 @@ def _drain(job, out: queue.Queue):
             yield kind, value
     finally:
         with _streams_lock:
-            _streams.pop(job.id, None)
+            _streams.pop(stream_id, None)
 
 
 def _audio_stream_response(req: SpeechRequest, fmt: str, *, sse: bool = False):
     if not sse and fmt not in STREAM_FORMATS:
         raise ApiError(400, f"streaming audio supports {', '.join(STREAM_FORMATS)}; got {fmt!r}",
                        param="response_format", code="unsupported_stream_format")
-    plan, job, out = _start_stream(req)
+    plan, job, out, stream_id = _start_stream(req)
     b = backend()
     rate = plan.sample_rate
 
@@ -179,7 +188,7 @@ def _audio_stream_response(req: SpeechRequest, fmt: str, *, sse: bool = False):
         try:
             if not sse and fmt == "wav":
                 yield _wav_stream_header(rate)
-            for kind, value in _drain(job, out):
+            for kind, value in _drain(job, out, stream_id):
                 if kind != "chunk":
                     continue
                 raw_fmt = "pcm" if not sse and fmt == "wav" else fmt
@@ -275,12 +284,9 @@ def list_voices():
 def create_voice():
     form = form_params(CloneForm)
     body = request.get_json(silent=True) if request.is_json else None
-    path = save_upload("file", json_body=body)
-    try:
-        voice = service().voices.clone(path, name=form.name or (body or {}).get("name", ""),
-                                       voice_id=form.id or (body or {}).get("id"))
-    finally:
-        path.unlink(missing_ok=True)
+    path = save_upload("file", json_body=body)  # deleted when the request ends
+    voice = service().voices.clone(path, name=form.name or (body or {}).get("name", ""),
+                                   voice_id=form.id or (body or {}).get("id"))
     return ok(voice.public(), status=201)
 
 
@@ -321,8 +327,8 @@ class TtsNamespace(AuthedNamespace):
                     body = TtsBody.model_validate({k: v for k, v in data.items() if k != "request_id"})
                     req = _speech_request(body, text=body.text, model=body.model,
                                           voice=body.voice or body.predefined_voice_id)
-                    plan, job, out = _start_stream(req)
-                    for kind, value in _drain(job, out):
+                    plan, job, out, stream_id = _start_stream(req)
+                    for kind, value in _drain(job, out, stream_id):
                         if kind == "chunk":
                             self._send("audio", {"request_id": data.get("request_id"), "index": value.index,
                                                 "total": value.total, "text": value.text,

@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, request, send_from_directory
+from flask import Blueprint, Response, request, send_from_directory
 from flask_socketio import ConnectionRefusedError
 
-from prefetch.manifest import VLM_KEY, vram_estimate
+from prefetch.manifest import vram_estimate
 from services.errors import ModelUnavailable
 from services.vita.manager import VAD_NAME, SessionManager
 from services.vita.ports import TtsSpeaker, WhisperTranscriber

@@ -20,7 +20,6 @@ from ..api import doc, form_params, json_body, ok
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
-from ..jobs import FINISHED
 from ..uploads import save_upload
 
 bp = Blueprint("whisper", __name__)
@@ -93,16 +92,12 @@ def _parse(model: type[BaseModel]):
 def _upload_media(raw_json: dict | None, *, video: bool = False) -> Path:
     """Save the `file` upload and refuse what cannot be transcribed before it queues."""
     path = save_upload("file", json_body=raw_json)
-    try:
-        info = media.probe(path)
-        if video:
-            check_video(info)
-        if not info.has_audio:
-            raise ApiError(400, "the file has no audio stream", param="file", code="no_audio")
-        _service().check_duration(info.duration)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    info = media.probe(path)
+    if video:
+        check_video(info)
+    if not info.has_audio:
+        raise ApiError(400, "the file has no audio stream", param="file", code="no_audio")
+    _service().check_duration(info.duration)
     return path
 
 
@@ -211,13 +206,6 @@ def subtitle_video():
                     "crf": backend().settings.whisper_video_crf}, render_job)
 
 
-def _discard_upload(job) -> None:
-    # The handler deletes its upload when it ends; a job cancelled while queued never runs one.
-    if job.kind in (whisper_jobs.TRANSCRIBE, whisper_jobs.SUBTITLE_VIDEO) and job.status in FINISHED:
-        if job.params.get("path"):
-            Path(job.params["path"]).unlink(missing_ok=True)
-
-
 def install(app, b) -> None:
     s = b.settings
     default = s.whisper_model if s.whisper_model != "auto" else ("base" if s.profile == "smoke" else "large-v3-turbo")
@@ -229,7 +217,6 @@ def install(app, b) -> None:
     b.jobs.register(whisper_jobs.TRANSCRIBE, lambda params, ctx: whisper_jobs.transcribe_job(service, params, ctx))
     b.jobs.register(whisper_jobs.SUBTITLE_VIDEO,
                     lambda params, ctx: whisper_jobs.subtitle_video_job(service, params, ctx))
-    b.jobs.add_listener(_discard_upload)
     app.register_blueprint(bp)
     for key in SIZES.values():
         b.models.append({"id": key, "family": "whisper", "available": b.model_env.present(key)})

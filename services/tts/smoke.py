@@ -57,7 +57,6 @@ def _rig_t3(t3) -> None:
     import torch
 
     hp = t3.hp
-    dim = t3.dim
     with torch.no_grad():
         for layer in t3.tfmr.layers:
             layer.self_attn.o_proj.weight.zero_()

@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import InvalidInput, NotFound, TooLarge
 from ..media import decode_audio, encode_audio

@@ -97,9 +97,12 @@ class SessionManager:
                 self._sessions.pop(sid, None)
             raise
         names = self.model_names()
-        for name in names:
-            self.vram.pin(name)
         with self._lock:
+            if sid not in self._sessions:  # the client left while the VAD was loading
+                session.close()
+                return None
+            for name in names:
+                self.vram.pin(name)
             self._sessions[sid] = session
             self._disconnects[sid] = disconnect
             self._pins[sid] = names

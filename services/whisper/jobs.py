@@ -23,33 +23,27 @@ TRANSCRIBE_SHARE = 0.8  # of a subtitle-video job's progress bar; encoding gets 
 
 def transcribe_job(service: WhisperService, params: dict, ctx) -> dict:
     path = Path(params["path"])
-    try:
-        result = service.transcribe_file(path, TranscribeOptions(**params["options"]), model=params.get("model"),
-                                         progress=ctx.progress)
-        result["files"] = write_all(result, ctx.output_dir, **params.get("lines", {}))
-        return result
-    finally:
-        path.unlink(missing_ok=True)
+    result = service.transcribe_file(path, TranscribeOptions(**params["options"]), model=params.get("model"),
+                                     progress=ctx.progress)
+    result["files"] = write_all(result, ctx.output_dir, **params.get("lines", {}))
+    return result
 
 
 def subtitle_video_job(service: WhisperService, params: dict, ctx) -> dict:
     path = Path(params["path"])
     style = SubtitleStyle(**params.get("style", {}))
     lines = {"max_line_chars": style.max_line_chars, "max_lines": style.max_lines}
-    try:
-        info = media.probe(path)
-        check_video(info)
-        result = service.transcribe_file(
-            path, TranscribeOptions(**params["options"]), model=params.get("model"),
-            progress=lambda f, m: ctx.progress(f * TRANSCRIBE_SHARE, m))
-        result["files"] = write_all(result, ctx.output_dir, **lines)
-        cues = cues_from_segments(result["segments"], **lines)
-        subtitle_video(path, ctx.output_dir / VIDEO_FILE, cues, info=info, mode=params.get("mode", "burn"),
-                       style=style, crf=params.get("crf", 20),
-                       progress=lambda f, m: ctx.progress(TRANSCRIBE_SHARE + f * (1 - TRANSCRIBE_SHARE), m))
-        result["files"]["video"] = VIDEO_FILE
-        result["mode"] = params.get("mode", "burn")
-        result["cues"] = len(cues)
-        return result
-    finally:
-        path.unlink(missing_ok=True)
+    info = media.probe(path)  # again: a job resumed after a restart was checked by another process
+    check_video(info)
+    result = service.transcribe_file(
+        path, TranscribeOptions(**params["options"]), model=params.get("model"),
+        progress=lambda f, m: ctx.progress(f * TRANSCRIBE_SHARE, m))
+    result["files"] = write_all(result, ctx.output_dir, **lines)
+    cues = cues_from_segments(result["segments"], **lines)
+    subtitle_video(path, ctx.output_dir / VIDEO_FILE, cues, info=info, mode=params.get("mode", "burn"),
+                   style=style, crf=params.get("crf", 20),
+                   progress=lambda f, m: ctx.progress(TRANSCRIBE_SHARE + f * (1 - TRANSCRIBE_SHARE), m))
+    result["files"]["video"] = VIDEO_FILE
+    result["mode"] = params.get("mode", "burn")
+    result["cues"] = len(cues)
+    return result
