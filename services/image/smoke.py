@@ -52,21 +52,10 @@ SDXL = Shapes(text=(768, 3072, 12, 12), text_2=(1280, 5120, 20, 32), projection_
               vae_groups=32)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def _vocab() -> dict[str, int]:
-    symbols = list(_bytes_to_unicode().values())
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # CLIP's byte -> symbol table
+
+    symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in MERGES]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     return {tok: i for i, tok in enumerate(tokens)}

@@ -32,19 +32,6 @@ TIMESTAMPS = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
 VOCAB_SIZE = N_TEXT + len(SPECIALS) + len(TIMESTAMPS)  # 51865, as in every non-v3 Whisper
 
 
-def _byte_symbols() -> list[str]:
-    """GPT-2's byte-to-unicode table: the 256 symbols byte-level BPE spells bytes with."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
-
 def _pseudo_words():
     syllables = [c + v for c in "bcdfglmnprstv" for v in "aeiou"]
     for n in itertools.count(2):
@@ -54,8 +41,9 @@ def _pseudo_words():
 
 def build_tokenizer():
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> symbol table
 
-    vocab = {sym: i for i, sym in enumerate(_byte_symbols())}
+    vocab = {sym: i for i, sym in enumerate(c for _, c in sorted(bytes_to_unicode().items()))}
     words = _pseudo_words()
     while len(vocab) < N_TEXT - 1:
         vocab.setdefault(next(words), len(vocab))
