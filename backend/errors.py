@@ -49,9 +49,10 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str, *, param=None, code=None, extra=None) -> dict:
+    """The OpenAI envelope, plus the original backend's `status`/`message` so its frontend reads it too."""
     err = {"type": TYPE_BY_STATUS.get(status, "server_error"), "code": code, "message": message, "param": param}
     err.update(extra or {})
-    return {"error": err}
+    return {"error": err, "status": "error", "message": message}
 
 
 def from_service_error(exc: ServiceError) -> ApiError:

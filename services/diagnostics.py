@@ -10,6 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
+GB = 1024**3
+
 PACKAGES = ("torch", "torchaudio", "numpy", "diffusers", "transformers", "accelerate", "safetensors",
             "huggingface-hub", "ctranslate2", "faster-whisper", "onnxruntime", "onnxruntime-gpu", "insightface",
             "chatterbox-tts", "moshi", "silero-vad", "av", "flask", "flask-socketio", "pyngrok")
@@ -38,6 +40,52 @@ def gpu_info() -> dict:
         info.update(gpu_name=props.name, compute_capability=f"{props.major}.{props.minor}",
                     vram_total_gb=round(total / 1024**3, 2), vram_free_gb=round(free / 1024**3, 2))
     return info
+
+
+def torch_cuda_memory(device: str) -> tuple[int, int] | None:
+    """PyTorch's own (allocated, reserved) bytes on `device`; None where CUDA is not in use."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.memory_allocated(device)), int(torch.cuda.memory_reserved(device))
+
+
+def gb(n: int | None) -> float | None:
+    return None if n is None else round(n / GB, 3)
+
+
+def vram_report(vram, torch_memory: tuple[int, int] | None = None) -> dict:
+    """What /vram-monitor shows. On CUDA the device's own free/total counts every allocator on the card:
+    PyTorch's figures miss CTranslate2 (whisper) and ONNX Runtime (face), which hold gigabytes on a T4.
+    Without CUDA it is the offloader's bookkeeping against its configured budget."""
+    snap = vram.snapshot()
+    device_mem = vram.device_memory() if vram.is_cuda else None
+    if device_mem is not None:
+        free, total = device_mem
+        used = total - free
+    else:
+        total, used = snap["budget_bytes"], snap["used_bytes"]
+        free = total - used
+    torch_allocated, torch_reserved = torch_memory if torch_memory is not None else (None, None)
+    return {
+        # the original frontend's health light: a CUDA device is there or not
+        "status": "online" if vram.is_cuda else "offline",
+        "device": snap["device"],
+        "total_gb": gb(total),
+        "allocated_gb": gb(used),
+        "reserved_gb": gb(torch_reserved if torch_reserved is not None else used),
+        "free_gb": gb(free),
+        "utilization_percent": round(100 * used / total, 1) if total else 0.0,
+        "torch_allocated_gb": gb(torch_allocated),
+        "torch_reserved_gb": gb(torch_reserved),
+        "models_loaded": [m["name"] for m in snap["models"] if m["state"] == "gpu"],
+        "models": [{"name": m["name"], "family": m["family"], "state": m["state"], "gb": gb(m["bytes"]),
+                    "measured": m["measured"]} for m in snap["models"]],
+        "offloader": snap,
+    }
 
 
 def onnxruntime_providers() -> dict:

@@ -892,6 +892,17 @@ class VramOffloader:
         with self._lock:
             return self._get(name).state
 
+    def device_memory(self) -> tuple[int, int] | None:
+        """(free, total) bytes as the device reports them, counting every allocator on it; None without a probe."""
+        if self._probe is None:
+            return None
+        try:
+            free, total = self._probe()
+        except Exception:
+            log.warning("memory probe failed", exc_info=True)
+            return None
+        return int(free), int(total)
+
     def snapshot(self) -> dict:
         probe = None
         if self._probe is not None:

@@ -14,7 +14,7 @@ from services.face import INSWAPPER, PACK, FaceConfig, FaceService
 from services.face.video import check_video, swap_video
 from services.media import image_mime
 
-from ..api import doc, form_params, json_body, ok
+from ..api import doc, form_params, json_body, ok, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import current_owner, run_job
@@ -149,6 +149,7 @@ def detect():
 
 
 @bp.post("/face-swap")
+@seed_shape
 @doc(summary="Put the source image's face on the target image's faces (all, or those chosen by index)",
      tags=TAGS, form=SwapOptions, responses=ERRORS, content_type="image/png")
 def face_swap():
@@ -178,6 +179,7 @@ def face_swap():
 
 
 @bp.post("/face-swap/video")
+@seed_shape
 @doc(summary="Swap faces in a video (a job: per-frame progress, cancel; audio and frame rate kept)",
      tags=TAGS, form=VideoSwapOptions, responses=ERRORS)
 def face_swap_video():

@@ -13,7 +13,6 @@ from ..auth import public
 from ..context import backend
 
 bp = Blueprint("system", __name__)
-GB = 1024**3
 
 
 @bp.get("/health")
@@ -29,28 +28,8 @@ def health():
 @bp.get("/vram-monitor")
 @doc(summary="GPU memory and what the offloader holds", tags=["system"])
 def vram_monitor():
-    snap = backend().vram.snapshot()
-    gpu = diagnostics.gpu_info()
-    if gpu.get("cuda_available"):
-        import torch
-
-        total = torch.cuda.get_device_properties(0).total_memory
-        allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-        free = torch.cuda.mem_get_info()[0]
-    else:  # CPU: the offloader's bookkeeping against its configured budget
-        total, allocated = snap["budget_bytes"], snap["used_bytes"]
-        reserved, free = allocated, total - allocated
-    loaded = [m["name"] for m in snap["models"] if m["state"] == "gpu"]
-    return ok({
-        "device": snap["device"],
-        "total_gb": round(total / GB, 3),
-        "allocated_gb": round(allocated / GB, 3),
-        "reserved_gb": round(reserved / GB, 3),
-        "free_gb": round(free / GB, 3),
-        "utilization_percent": round(100 * allocated / total, 1) if total else 0.0,
-        "models_loaded": loaded,
-        "offloader": snap,
-    })
+    vram = backend().vram
+    return ok(diagnostics.vram_report(vram, diagnostics.torch_cuda_memory(vram.device)))
 
 
 @bp.get("/diagnostics")

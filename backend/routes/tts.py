@@ -17,7 +17,7 @@ from services.media import audio_mime, encode_audio
 from services.tts.kyutai_engine import KyutaiOptions
 from services.tts.service import MAX_CHUNK, SpeechRequest, TtsService
 
-from ..api import doc, form_params, json_body, ok
+from ..api import doc, form_params, json_body, ok, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import raise_for_job, run_job, submit
@@ -239,6 +239,7 @@ def _respond(req: SpeechRequest, fmt: str):
 
 # --- routes ----------------------------------------------------------------------------------
 @bp.post("/tts")
+@seed_shape
 @doc(summary="Speak text (seed 004's body): predefined or cloned voice, chunked, any format", tags=["tts"],
      body=TtsBody, content_type="audio/wav", responses={400: "bad parameter", 404: "unknown voice",
                                                         503: "model not available"})

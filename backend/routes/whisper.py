@@ -16,7 +16,7 @@ from services.whisper.subtitles import DEFAULT_MAX_LINE_CHARS, DEFAULT_MAX_LINES
 from services.whisper.transcriber import options_dict
 from services.whisper.video import check_video
 
-from ..api import doc, form_params, json_body, ok
+from ..api import doc, form_params, json_body, ok, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
@@ -160,6 +160,7 @@ def _options(q: TranscribeRequest):
 
 
 @bp.post("/transcribe")
+@seed_shape
 @doc(summary="Transcribe or translate audio/video; subtitles as SRT/VTT files too", tags=["whisper"],
      form=TranscribeRequest, responses=ERRORS)
 def transcribe():
@@ -179,6 +180,7 @@ def transcribe():
 
 
 @bp.post("/subtitle-video")
+@seed_shape
 @doc(summary="Transcribe a video and burn its subtitles in (or add a soft track); mp4 out",
      tags=["whisper"], form=SubtitleVideoRequest, responses=ERRORS)
 def subtitle_video():
