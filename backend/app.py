@@ -80,9 +80,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api_key = auth.load_or_create_key(settings.data_dir,
                                       settings.api_key.get_secret_value() if settings.api_key else None)
-    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max,
-                      retention_s=settings.job_retention_hours * 3600)
     vram = make_offloader(settings)
+    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max,
+                      retention_s=settings.job_retention_hours * 3600,
+                      interactive_burst=settings.interactive_burst, vram=vram)
     model_env = ModelEnv(models_dir=settings.models_dir, profile=settings.profile, device=settings.resolved_device,
                          dtype=settings.dtype_name, vram=vram, data_dir=settings.data_dir)
     b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio)

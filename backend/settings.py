@@ -33,7 +33,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = ["*"]  # env: comma-separated
     max_upload_mb: float = Field(200, gt=0)
-    queue_max: int = Field(32, ge=1, description="queued jobs beyond this answer 429")
+    queue_max: int = Field(32, ge=1, description="queued jobs per lane beyond this answer 429")
+    interactive_burst: int = Field(8, ge=1, description="most interactive jobs one pause of a batch job runs")
+    interactive_max_tts_chars: int = Field(300, ge=1, description="longer speech requests run in the batch lane")
+    interactive_max_audio_seconds: float = Field(60, ge=0, description="longer transcriptions run in the batch lane")
     job_wait_seconds: float = Field(60, ge=0, description="how long a request waits for its job before answering 202")
     job_retention_hours: float = Field(72, ge=0, description="finished jobs and their files are deleted after this; "
                                                               "0 keeps them forever")

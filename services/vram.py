@@ -728,6 +728,12 @@ class VramOffloader:
 
     # ------------------------------------------------------------------ explicit control
 
+    def resident_used_since(self, wall_time: float) -> list[str]:
+        """Models on the device that were used at or after `wall_time` (unix time) or are in use now."""
+        with self._lock:
+            return [e.name for e in self._entries.values() if e.state == _GPU
+                    and (e.in_use > 0 or (e.last_used_wall is not None and e.last_used_wall >= wall_time))]
+
     def pin(self, name: str) -> None:
         with self._lock:
             self._get(name).pinned += 1

@@ -21,7 +21,7 @@ from ..api import doc, form_params, json_body, ok, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import raise_for_job, run_job, submit
-from ..jobs import CANCELLED, FAILED, SUCCEEDED
+from ..jobs import BATCH, CANCELLED, FAILED, INTERACTIVE, SUCCEEDED
 from ..sockets import AuthedNamespace
 from ..uploads import save_upload
 
@@ -144,7 +144,7 @@ def _start_stream(req: SpeechRequest):
     with _streams_lock:
         _streams[stream_id] = out
     try:
-        job = submit(STREAM_KIND, {"request": _plan_params(plan.request), "stream": stream_id})
+        job = submit(STREAM_KIND, {"request": _plan_params(plan.request), "stream": stream_id}, lane=_lane(plan.request))
     except Exception:
         with _streams_lock:
             _streams.pop(stream_id, None)
@@ -232,9 +232,14 @@ def _speech_request(body: SpeechParams, *, text: str, model: str | None, voice: 
                          chunk_size=body.chunk_size)
 
 
+def _lane(req: SpeechRequest) -> str:
+    return INTERACTIVE if len(req.text) <= backend().settings.interactive_max_tts_chars else BATCH
+
+
 def _respond(req: SpeechRequest, fmt: str):
     plan = service().plan(req)  # bad text / voice / language answer 400/404 before queueing
-    return run_job(SPEECH_KIND, {"request": _plan_params(plan.request), "format": fmt}, _render_audio)
+    return run_job(SPEECH_KIND, {"request": _plan_params(plan.request), "format": fmt}, _render_audio,
+                   lane=_lane(plan.request))
 
 
 # --- routes ----------------------------------------------------------------------------------
