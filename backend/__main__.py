@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         from .tunnel import open_tunnel
 
         token = settings.ngrok_authtoken.get_secret_value() if settings.ngrok_authtoken else None
-        result = open_tunnel(server.port, authtoken=token)
+        result = open_tunnel(server.port, authtoken=token, domain=settings.ngrok_domain)
         print(result.message, flush=True)
     try:
         server.serve_forever()

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     host_ram_budget_gb: float = Field(6.0, ge=0, description="CPU RAM for models parked off the GPU")
     idle_offload_seconds: float = Field(300, ge=0)
     ngrok_authtoken: SecretStr | None = None
+    ngrok_domain: str | None = Field(None, description="the account's static ngrok domain: a URL that survives "
+                                                        "restarts (also NGROK_DOMAIN or the notebook secret)")
     public: bool = False
     log_level: str = "INFO"
     # --- tts ---

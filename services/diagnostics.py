@@ -17,6 +17,10 @@ PACKAGES = ("torch", "torchaudio", "numpy", "diffusers", "transformers", "accele
             "chatterbox-tts", "moshi", "silero-vad", "av", "flask", "flask-socketio", "pyngrok")
 
 
+# Installed as alternatives (DESIGN.md): one of each pair is absent by design.
+ALTERNATIVES = {"onnxruntime": "onnxruntime-gpu", "onnxruntime-gpu": "onnxruntime"}
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -89,11 +93,12 @@ def vram_report(vram, torch_memory: tuple[int, int] | None = None) -> dict:
 
 
 def onnxruntime_providers() -> dict:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        return {"available": [], "error": f"onnxruntime does not import: {exc}"}
-    return {"available": ort.get_available_providers(), "device": ort.get_device()}
+    """What ONNX Runtime can really use here (a session was created), beside what its build lists."""
+    from .ort_check import cuda_check
+
+    check = cuda_check()
+    return {"available": check["usable"], "built_with": check["built_with"], "cuda_ok": check["cuda_ok"],
+            "reason": check["reason"], "fix": check["fix"], "version": check["onnxruntime"]}
 
 
 def disk_free(path: Path) -> dict:

@@ -97,8 +97,9 @@ def test_prefetch_form_maps_ticks_to_models():
 
 
 def test_colab_settings_take_the_key_secret_and_respect_env(tmp_path, monkeypatch):
-    monkeypatch.setattr(nb, "in_colab", lambda: True)
-    monkeypatch.setattr(nb, "colab_secret", lambda name: ("fixed-key", None) if name == "ENFOADS_API_KEY" else (None, None))
+    monkeypatch.setattr(nb, "in_notebook_runtime", lambda: True)
+    monkeypatch.setattr(nb.runtime, "secret", lambda name: ("fixed-key", "colab-secret", None)
+                        if name == "ENFOADS_API_KEY" else (None, None, None))
     for name in ("ENFOADS_API_KEY", "ENFOADS_HOST", "ENFOADS_PROFILE", "ENFOADS_PORT"):
         monkeypatch.delenv(name, raising=False)
     s = nb.settings_for(ci=False, data_dir=tmp_path)

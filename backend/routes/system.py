@@ -11,6 +11,7 @@ from .. import __version__
 from ..api import build_openapi, doc, ok
 from ..auth import public
 from ..context import backend
+from ..tunnel import current_tunnel
 
 bp = Blueprint("system", __name__)
 
@@ -21,6 +22,7 @@ bp = Blueprint("system", __name__)
 def health():
     b = backend()
     return ok({"status": "ok", "version": __version__, "device": b.settings.resolved_device,
+               "public_url": current_tunnel()[0],
                "profile": b.settings.profile, "uptime_s": round(time.time() - b.started_at, 1),
                "queue_length": b.jobs.queue_length()})
 
