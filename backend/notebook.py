@@ -242,7 +242,7 @@ def connection_help(server: Server, public_url: str | None, provider: str | None
     lines = [
         "=" * 72,
         f"  URL (Servidor):  {url}",
-        f"  API key (Clave): {server.api_key}",
+        f"  API key (Clave): {server.key_for_display}",
         "=" * 72,
         "In the EnfoadsIA frontend: Settings (Ajustes) > Backend: paste the URL into 'Server URL' and the",
         "key into 'API key', then press 'Test connection'. The frontend sends the key as",

@@ -113,7 +113,7 @@ def test_colab_settings_take_the_key_secret_and_respect_env(tmp_path, monkeypatc
 def test_connection_help_says_what_to_paste_where(make_settings):
     class FakeServer:
         url = "http://127.0.0.1:8000"
-        api_key = "k-123"
+        key_for_display = "k-123"
 
     text = nb.connection_help(FakeServer(), "https://abc.ngrok-free.app", "ngrok")
     assert "https://abc.ngrok-free.app" in text and "k-123" in text and "ngrok-skip-browser-warning" in text
