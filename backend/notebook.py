@@ -328,9 +328,10 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"),
     "face": ("face",),
     "whisper": ("whisper-large-v3-turbo",),
-    "tts": ("chatterbox-multilingual",),
+    # with its Chinese word segmenter (else spacy-pkuseg would fetch it into ~/.pkuseg)
+    "tts": ("chatterbox-multilingual", "spacy-pkuseg-ontonotes"),
     # the assistant hears with whisper and speaks with Chatterbox
-    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual"),
+    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual", "spacy-pkuseg-ontonotes"),
 }
 
 

@@ -156,8 +156,9 @@ class ChatterboxEngine:
     def _load(self, device: str):
         folder = self.env.locate(self.name)
         log.info("loading %s from %s on %s", self.name, folder, device)
-        segmenter = self.env.locate(PKUSEG_KEY) if self.spec.kind == "multilingual" and self.env.present(PKUSEG_KEY) \
-            else None
+        segmenter = None
+        if self.spec.kind == "multilingual" and self.env.present(PKUSEG_KEY):
+            segmenter = self.env.locate(PKUSEG_KEY)
         tts = load_chatterbox(self.spec.kind, folder, device, segmenter_dir=segmenter)
         # Chatterbox runs fp32 everywhere: on a T4 bf16 is emulated (slower) and its fp16 path is
         # not what upstream tests; the model stays fp32 whatever the global dtype policy says.
