@@ -6,15 +6,17 @@ import logging
 from flask import Flask
 from flask_cors import CORS
 from flask_socketio import SocketIO
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from services.model_env import ModelEnv
 from services.vram import VramOffloader
 
 from . import auth
 from .context import Backend
+from .datadir import prepare_data_dir
 from .errors import install_error_handlers
 from .jobs import JobManager, JobStore
+from .logs import install_log_filters
+from .proxies import TrustedProxyFix
 from .routes import face as face_routes
 from .routes import image as image_routes
 from .routes import jobs as job_routes
@@ -23,6 +25,7 @@ from .routes import tts as tts_routes
 from .routes import vita as vita_routes
 from .routes import whisper as whisper_routes
 from .settings import GB, Settings, load_settings
+from .socket_guard import SocketGuard
 from .sockets import install_sockets
 from .uploads import install_upload_cleanup
 
@@ -61,12 +64,11 @@ def make_offloader(settings: Settings) -> VramOffloader:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    install_log_filters()
 
     app = Flask("enfoads")
-    # Behind ngrok (or Colab's proxy) URLs we hand out must carry the public scheme and host.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     origins = settings.cors_origins
@@ -77,6 +79,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     # goes to a thread of its own.
     socketio = SocketIO(app, async_mode="threading", cors_allowed_origins="*" if origins == ["*"] else origins,
                         max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False)
+    # Only namespaces with handlers (ours, each checking the token) accept a CONNECT; `/`, which
+    # python-socketio accepts by default with no check, answers CONNECT_ERROR. (Set here: an empty
+    # list given to the constructor is read as its default, ['/'].)
+    socketio.server.namespaces = []
+    guard = SocketGuard(max_connections=settings.socket_max_connections,
+                        max_per_client=settings.socket_max_per_client, auth_timeout_s=settings.socket_auth_timeout_s)
+    guard.install(socketio.server)
+    # Outermost (around Socket.IO's middleware too): behind ngrok the URLs we hand out carry the
+    # public scheme and host, and the Socket.IO cap sees each client's own address.
+    app.wsgi_app = TrustedProxyFix(app.wsgi_app, settings.trusted_proxies)
 
     api_key = auth.load_or_create_key(settings.data_dir,
                                       settings.api_key.get_secret_value() if settings.api_key else None)
@@ -86,7 +98,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                       interactive_burst=settings.interactive_burst, vram=vram)
     model_env = ModelEnv(models_dir=settings.models_dir, profile=settings.profile, device=settings.resolved_device,
                          dtype=settings.dtype_name, vram=vram, data_dir=settings.data_dir)
-    b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio)
+    b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio,
+                socket_guard=guard)
     app.extensions["enfoads"] = b
 
     install_error_handlers(app)
@@ -110,6 +123,7 @@ def shutdown_app(app: Flask) -> None:
     vita = app.extensions.get("vita")
     if vita is not None:  # its reaper thread and open sessions (with their VRAM pins) end here
         vita.stop()
+    b.socket_guard.stop()
     b.jobs.stop()
     b.vram.stop()
     b.jobs.store.close()

@@ -272,7 +272,7 @@ def connection_help(server: Server, public_url: str | None, provider: str | None
     lines = [
         "=" * 72,
         f"  URL (Servidor):  {url}",
-        f"  API key (Clave): {server.api_key}",
+        f"  API key (Clave): {server.key_for_display}",
         "=" * 72,
         "In the EnfoadsIA frontend: Settings (Ajustes) > Backend: paste the URL into 'Server URL' and the",
         "key into 'API key', then press 'Test connection'. The frontend sends the key as",
@@ -369,9 +369,10 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"),
     "face": ("face",),
     "whisper": ("whisper-large-v3-turbo",),
-    "tts": ("chatterbox-multilingual",),
+    # with its Chinese word segmenter (else spacy-pkuseg would fetch it into ~/.pkuseg)
+    "tts": ("chatterbox-multilingual", "spacy-pkuseg-ontonotes"),
     # the assistant hears with whisper and speaks with Chatterbox
-    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual"),
+    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual", "spacy-pkuseg-ontonotes"),
 }
 
 

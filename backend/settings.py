@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="local model folders; default <data_dir>/models")
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = ["*"]  # env: comma-separated
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        ["127.0.0.1", "::1"], description="addresses or networks whose X-Forwarded-* headers are believed "
+                                         "(the tunnel agent); comma-separated; empty: none")
+    socket_max_connections: int = Field(128, ge=1, description="open Socket.IO transports in all; more answer 401")
+    socket_max_per_client: int = Field(16, ge=1, description="open Socket.IO transports per client address")
+    socket_auth_timeout_s: float = Field(10.0, gt=0, description="a Socket.IO transport that has not joined an "
+                                                                 "authenticated namespace by then is closed")
     max_upload_mb: float = Field(200, gt=0)
     queue_max: int = Field(32, ge=1, description="queued jobs per lane beyond this answer 429")
     interactive_burst: int = Field(8, ge=1, description="most interactive jobs one pause of a batch job runs")
@@ -124,11 +131,19 @@ class Settings(BaseSettings):
     vita_audio_burst_s: float = Field(2.0, gt=0, le=30, description="audio seconds a client may send at once")
     vita_preload: bool = Field(True, description="load the assistant's models when a session opens")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, v):
         if isinstance(v, str):
             return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v):
+        from .proxies import parse_networks
+
+        parse_networks(v)  # ValueError names the bad entry
         return v
 
     @model_validator(mode="after")

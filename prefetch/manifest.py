@@ -344,6 +344,25 @@ _SPECS: list[ModelSpec] = [
         "it and set HF_HUB_OFFLINE",
     ),
     ModelSpec(
+        key="spacy-pkuseg-ontonotes",
+        family="tts",
+        repo_id="",
+        revision="",
+        # The Chinese word segmenter Chatterbox's multilingual tokenizer builds at load: the
+        # model `spacy_pkuseg.pkuseg()` would download into ~/.pkuseg on first use (this URL and
+        # hash are spacy-pkuseg 1.0.2's own, from its config.py). Loaded from here by path.
+        url="https://github.com/explosion/spacy-pkuseg/releases/download/v0.0.26/spacy_ontonotes.zip",
+        sha256="b216e7f92de7ae285aeab8feba2faa8ea8216e5995ff6fb3d391cc8356db1bfe",
+        files=("features.msgpack", "weights.npz"),
+        size_bytes=40 * MB,  # approximate: no public listing of the archive's size was found
+        vram_bytes={"fp32": 1 * MB},  # runs on the CPU (Cython); nothing goes to the GPU
+        license="mit (spacy-pkuseg; model trained by Explosion on OntoNotes 5.0)",
+        runtime="torch",
+        also_used_by=("vita",),
+        note="Chinese word segmentation for chatterbox-multilingual; without it Chinese text is read "
+        "unsegmented (a warning at load), other languages are unaffected",
+    ),
+    ModelSpec(
         key="chatterbox-en",
         family="tts",
         repo_id="ResembleAI/chatterbox",
