@@ -15,9 +15,8 @@ from flask import Blueprint, current_app, jsonify
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from prefetch import manifest
-from prefetch.locate import prefetch_command
 from services.errors import ServiceError
+from services.tts.pocket_engine import prefetch_command
 from services.tts.service import POCKET, SpeechRequest
 
 from ..api import doc, json_body
@@ -196,7 +195,7 @@ def kyutai_health():
     if not engine.available():
         env = backend().model_env
         missing = [k for k in engine.model_keys if not env.present(k)]
-        command = prefetch_command(manifest.get(missing[0]), env.profile)
+        command = prefetch_command(env.profile)
         resp = jsonify({"status": "unavailable", "model": POCKET, "device": device,
                         "error": f"{POCKET} is not on this machine ({', '.join(missing)} missing); run `{command}`",
                         "fallback": True})

@@ -67,6 +67,10 @@ class PocketVoice:
                 "languages": list(self.languages)}
 
 
+def prefetch_command(profile: str) -> str:
+    return "python -m prefetch --smoke" if profile == "smoke" else f"python -m prefetch {MODEL_KEY} {VOICES_KEY}"
+
+
 def _base(language: str) -> str:
     return (language or "").lower().split("-")[0]
 
@@ -128,7 +132,7 @@ class PocketEngine:
         for path in (weights, tokenizer):
             if not path.is_file():
                 raise ModelUnavailable(f"{path} is missing: Pocket TTS has no {name} model on this machine; run "
-                                       f"`python -m prefetch tts`", code="model_unavailable")
+                                       f"`{prefetch_command(self.env.profile)}`", code="model_unavailable")
         return weights, tokenizer, assets / "embeddings"
 
     def voices(self) -> dict[str, PocketVoice]:
