@@ -296,3 +296,39 @@ def test_missing_pocket_model_answers_503_and_health_says_so(live_server, make_s
     assert "python -m prefetch" in r.json()["error"] and POCKET in r.json()["error"]
     r = requests.get(f"{srv.url}/kyutai/health", timeout=10)
     assert r.status_code == 503 and r.json()["status"] == "unavailable" and r.json()["fallback"] is True
+
+
+def test_real_weights_load_from_local_files_only(tmp_path, monkeypatch):
+    """The published layout (no config.yaml beside the weights): the package's spanish.yaml is used
+    with every hub path replaced by the local files, so nothing can be downloaded at run time."""
+    from pocket_tts import TTSModel
+    from pocket_tts.utils.config import load_config
+
+    from services.model_env import ModelEnv
+    from services.tts.pocket_engine import PocketEngine
+    from services.vram import VramOffloader
+
+    weights = tmp_path / "models" / "kyutai-pocket-tts" / "languages" / "spanish" / "model.safetensors"
+    tokenizer = tmp_path / "models" / "kyutai-pocket-tts-voices" / "languages" / "spanish" / "tokenizer.json"
+    for path in (weights, tokenizer):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+    seen = {}
+
+    def load_model(config=None, **kw):
+        import torch
+
+        seen["text"] = open(config, encoding="utf-8").read()
+        seen["config"] = load_config(config)  # the package's own schema accepts it
+        return torch.nn.Linear(1, 1)  # stands for the model: only the config is checked here
+
+    monkeypatch.setattr(TTSModel, "load_model", staticmethod(load_model))
+    vram = VramOffloader(device="cpu", budget_bytes=2**30)
+    env = ModelEnv(models_dir=tmp_path / "models", profile="local", device="cpu", dtype="float32", vram=vram,
+                   data_dir=tmp_path)
+    PocketEngine(env).load_language("es", "cpu")
+    config = seen["config"]
+    assert "hf://" not in seen["text"]
+    assert config.weights_path == str(weights) and config.weights_path_without_voice_cloning is None
+    assert config.flow_lm.lookup_table.tokenizer_path == str(tokenizer)
+    assert config.flow_lm.transformer.num_layers == 6 and config.flow_lm.lookup_table.n_bins == 4000  # spanish.yaml
