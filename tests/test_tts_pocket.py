@@ -332,3 +332,29 @@ def test_real_weights_load_from_local_files_only(tmp_path, monkeypatch):
     assert config.weights_path == str(weights) and config.weights_path_without_voice_cloning is None
     assert config.flow_lm.lookup_table.tokenizer_path == str(tokenizer)
     assert config.flow_lm.transformer.num_layers == 6 and config.flow_lm.lookup_table.n_bins == 4000  # spanish.yaml
+
+
+class FakeOffloader:
+    def __init__(self, device):
+        self.device = device
+        self.registered = {}
+
+    def register(self, name, loader, **kw):
+        self.registered[name] = kw
+
+
+@pytest.mark.parametrize("offloader_device,estimate,freed", [("cuda:0", 0, True), ("cpu", 600, False)])
+def test_pocket_beside_a_gpu_takes_no_vram_and_frees_its_ram_when_parked(offloader_device, estimate, freed):
+    from services.tts.pocket_engine import PocketEngine, PocketModels, PocketOptions
+
+    engine = PocketEngine(model_env=None, options=PocketOptions(device="cpu"))
+    vram = FakeOffloader(offloader_device)
+    engine.register(vram, 600)
+    hook = vram.registered[POCKET]["to_device"]
+    assert vram.registered[POCKET]["estimate_bytes"] == estimate
+    models = PocketModels(engine, "cpu")
+    models.by_language["es"] = object()
+    models.voice_states[("es", "pocket", "lola")] = {}
+    hook(models, "cpu")  # the offloader parks it (idle, or to make room)
+    assert (not models.by_language and not models.voice_states) == freed
+    assert hook(models, offloader_device) is models and models.device == "cpu"  # back in use: still the CPU

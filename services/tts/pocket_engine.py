@@ -118,6 +118,7 @@ class PocketEngine:
         self.env = model_env
         self.options = options or PocketOptions()
         self._lock = threading.Lock()
+        self._beside = False  # runs on the CPU while the offloader holds a GPU (set at register)
 
     # --- files -------------------------------------------------------------------------------
     def available(self) -> bool:
@@ -169,8 +170,8 @@ class PocketEngine:
     # --- offloader -----------------------------------------------------------------------------
     def register(self, vram, estimate_bytes: int) -> None:
         # On the CPU beside a GPU offloader it takes none of the GPU's memory.
-        shares_device = self.device_for(vram.device) == str(vram.device)
-        vram.register(self.name, self._load, runtime="torch", estimate_bytes=estimate_bytes if shares_device else 0,
+        self._beside = self.device_for(vram.device) != str(vram.device)
+        vram.register(self.name, self._load, runtime="torch", estimate_bytes=0 if self._beside else estimate_bytes,
                       family="tts", to_device=self._place)
 
     def _load(self, device: str) -> PocketModels:
@@ -188,7 +189,14 @@ class PocketEngine:
 
     def _place(self, models: PocketModels, device: str) -> PocketModels:
         """Offloader hook: parking in host RAM moves a GPU-resident Pocket TTS to the CPU; one
-        configured for the CPU never moves."""
+        configured for the CPU never moves. Beside a GPU, being parked (idle, or evicted) frees
+        its languages instead: it holds no GPU memory to give back, and host RAM is what it uses."""
+        if device == "cpu" and self._beside:
+            if models.by_language:
+                log.info("%s idle: freeing its %s model(s) from host RAM", self.name, ", ".join(models.by_language))
+            models.by_language.clear()
+            models.voice_states.clear()
+            return models
         target = self.device_for(device)
         if target != models.device:
             for tts in models.by_language.values():
