@@ -358,3 +358,17 @@ def test_pocket_beside_a_gpu_takes_no_vram_and_frees_its_ram_when_parked(offload
     hook(models, "cpu")  # the offloader parks it (idle, or to make room)
     assert (not models.by_language and not models.voice_states) == freed
     assert hook(models, offloader_device) is models and models.device == "cpu"  # back in use: still the CPU
+
+
+def test_kyutai_answer_cache_stays_within_its_byte_budget():
+    from backend.routes.kyutai import AnswerCache
+
+    cache = AnswerCache(max_bytes=100)
+    for i in range(5):
+        cache.put(("t", i), {"audioContent": "x" * 40}, {})
+    assert [k for k in [("t", i) for i in range(5)] if cache.get(k)] == [("t", 3), ("t", 4)]  # oldest out
+    cache.get(("t", 3))  # used: now the newest
+    cache.put(("t", 5), {"audioContent": "y" * 40}, {})
+    assert cache.get(("t", 3)) and cache.get(("t", 5)) and not cache.get(("t", 4))
+    cache.put(("big",), {"audioContent": "z" * 101}, {})  # larger than the whole budget: not kept
+    assert cache.get(("big",)) is None and cache.get(("t", 5))
