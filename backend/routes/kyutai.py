@@ -25,7 +25,7 @@ from ..context import backend
 from ..errors import ApiError, from_service_error, from_validation_error
 from ..job_http import raise_for_job, submit
 from ..jobs import CANCELLED, FAILED, SUCCEEDED
-from .tts import SPEECH_KIND, _plan_params, service
+from .tts import SPEECH_KIND, _lane, _plan_params, service
 
 log = logging.getLogger("enfoads.tts.kyutai_http")
 bp = Blueprint("kyutai", __name__)
@@ -133,7 +133,7 @@ def _cache() -> AnswerCache:
 
 def _speak(req: SpeechRequest) -> tuple[dict, dict]:
     plan = service().plan(req)  # bad language / voice, missing model: 4xx/503 before queueing
-    job = submit(SPEECH_KIND, {"request": _plan_params(plan.request), "format": "wav"})
+    job = submit(SPEECH_KIND, {"request": _plan_params(plan.request), "format": "wav"}, lane=_lane(plan.request))
     b = backend()
     job = b.jobs.wait(job.id, b.settings.job_wait_seconds)
     if job.status in (FAILED, CANCELLED):
