@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     tts_kyutai_cfg_coef: float = Field(
         2.0, ge=1.0, le=4.0, multiple_of=0.5,
         description="Kyutai's classifier-free guidance strength (1-4 in steps of 0.5: its CFG-distilled values)")
+    tts_pocket_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where Kyutai Pocket TTS runs: the CPU by default, beside the GPU's models")
+    tts_pocket_voice: str | None = Field(
+        None, description="Pocket TTS's default voice (a name such as 'lola'); unset: each language's own")
+    tts_pocket_max_seconds: float = Field(
+        60.0, gt=0, le=600, description="longest audio Pocket TTS generates for one chunk; it stops there")
+    tts_kyutai_cache_mb: float = Field(
+        64, ge=0, description="memory for repeated /kyutai/tts answers (same text, language, voice, model); "
+                              "0 turns the cache off")
 
     # --- face ---
     face_det_size: int = Field(640, ge=64, le=2048, multiple_of=32,

@@ -284,8 +284,8 @@ def test_stream_works_when_the_worker_starts_the_job_before_the_request_looks(se
 
     real_submit = tts_routes.submit
 
-    def slow_to_look(kind, params):
-        job = real_submit(kind, params)
+    def slow_to_look(kind, params, **kw):
+        job = real_submit(kind, params, **kw)
         time.sleep(0.5)  # the worker may run the whole job before the route reads its queue
         return job
 

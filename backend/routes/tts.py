@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.media import audio_mime, encode_audio
 from services.tts.kyutai_engine import KyutaiOptions
+from services.tts.pocket_engine import PocketOptions
 from services.tts.service import MAX_CHUNK, SpeechRequest, TtsService
 
 from ..api import doc, form_params, json_body, ok, seed_shape
@@ -366,8 +367,11 @@ def install(app, b) -> None:
     s = b.settings
     kyutai = KyutaiOptions(default_voice=s.tts_kyutai_voice, max_seconds=s.tts_kyutai_max_seconds,
                            cfg_coef=s.tts_kyutai_cfg_coef)
+    pocket = PocketOptions(device=s.tts_pocket_device, max_seconds=s.tts_pocket_max_seconds,
+                           default_voice=s.tts_pocket_voice)
     svc = TtsService(b.model_env, voices_dir=s.data_dir / "voices", max_chars=s.tts_max_chars,
-                     clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai)
+                     clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai,
+                     pocket=pocket)
     svc.register_models()
     app.extensions["enfoads.tts"] = svc
     b.tts = svc
@@ -376,5 +380,8 @@ def install(app, b) -> None:
     b.jobs.register(STREAM_KIND, stream)
     app.register_blueprint(bp)
     b.socketio.on_namespace(TtsNamespace("/tts", b, app))
+    from . import kyutai  # the Kyutai client's contract, on top of this service
+
+    kyutai.install(app, b)
     for m in svc.models():
         b.models.append({"id": m["id"], "family": "tts", "available": m["available"]})

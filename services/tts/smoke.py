@@ -7,7 +7,7 @@ projections), each speech position then maps to one fixed speech token below 656
 `RIGGED_TOKENS` on the stop token wins (or, where the multilingual alignment analyzer suppresses
 it, a repeated token that makes the analyzer force the stop). Everything after T3 stays random.
 
-Kyutai DSM TTS: see `kyutai_smoke`.
+Kyutai DSM TTS: see `kyutai_smoke`; Kyutai Pocket TTS: `pocket_smoke`.
 
 spacy-pkuseg's Chinese segmenter (`spacy-pkuseg-ontonotes`): its two files (`features.msgpack`,
 `weights.npz`) with a three-feature vocabulary and random weights: it loads and cuts text.
@@ -24,6 +24,7 @@ from prefetch.manifest import smoke_builder
 
 from . import chatterbox_arch
 from .kyutai_smoke import build_kyutai
+from .pocket_smoke import build_pocket
 
 log = logging.getLogger("enfoads.tts.smoke")
 
@@ -153,4 +154,5 @@ def build(models_dir: Path) -> None:
     build_chatterbox(models_dir / "chatterbox-multilingual", multilingual=True)
     build_chatterbox(models_dir / "chatterbox-en", multilingual=False)
     build_kyutai(models_dir)
+    build_pocket(models_dir)
     log.info("built tiny TTS models in %s", models_dir)
