@@ -35,8 +35,8 @@ offloaded for being idle.
 Several devices (e.g. Kaggle's two T4s): each device has its own budget, memory probe, LRU
 eviction and OOM retry; a model lives on one device at a time, and loaders / ``to_device`` get
 THAT device's name. A model that is not resident goes to the device where it fits best: where
-it evicts the fewest bytes, then (ties) the device it was parked from, then the one with the most
-room left. Models pinned with the same ``group`` (one realtime session) stay together: a member
+it evicts the fewest bytes, then the one with the most room left, then (ties) the device it was
+parked from. Models pinned with the same ``group`` (one realtime session) stay together: a member
 goes to the device already holding the group's resident members; the first one goes to a device
 where the whole group fits. A model already resident is never moved to another device. With one
 device everything is as before. On a CPU-only machine, several simulated devices (``cpu:0``,
@@ -599,7 +599,7 @@ class VramOffloader:
                 together = avail + sum(c.size for c in cands) >= group_need
             else:
                 together = True
-            key = (not together, evicted, dev is not e.device, -room_after, dev.index)
+            key = (not together, evicted, -room_after, dev is not e.device, dev.index)
             options.append((key, dev, victims))
         if options:
             _, dev, victims = min(options, key=lambda o: o[0])
