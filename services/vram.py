@@ -582,7 +582,7 @@ class VramOffloader:
             return dev, self._plan_on(dev, e)
         options: list[tuple[tuple, _Device, list[_Entry]]] = []
         failures: list[tuple[_Device, ModelTooLarge]] = []
-        home, group_need = self._group_home(e)
+        home, group_need, mates = self._group_home(e)
         for dev in self._devices:
             try:
                 victims = self._plan_on(dev, e)
@@ -592,8 +592,8 @@ class VramOffloader:
             evicted = sum(v.size for v in victims)
             avail, _ = self._available(dev)
             room_after = avail + evicted - e.size
-            if home is not None:
-                together = dev is home
+            if home is not None:  # join the group, unless that means pushing a member out
+                together = dev is home and not any(v in mates for v in victims)
             elif group_need > e.size:  # first member of a group: a device the whole group fits on
                 cands = self._evictable(exclude=e, dev=dev)
                 together = avail + sum(c.size for c in cands) >= group_need
@@ -608,20 +608,21 @@ class VramOffloader:
             return dev, victims
         raise self._no_device(e, failures)
 
-    def _group_home(self, e: _Entry) -> tuple[_Device | None, int]:
-        """For a model pinned in a group: the device holding most of the group's resident
-        bytes (None if none is resident), and the bytes the group's non-resident members need."""
+    def _group_home(self, e: _Entry) -> tuple[_Device | None, int, list[_Entry]]:
+        """For a model pinned in a group: the device holding most of the group's resident bytes
+        (None if none is resident; members of no size, e.g. a CPU-only VAD, do not count), the
+        bytes the group's non-resident members need, and the other members."""
         if not e.groups:
-            return None, 0
+            return None, 0, []
         mates = [c for c in self._entries.values() if c is not e and any(g in c.groups for g in e.groups)]
         on: dict[int, int] = {}
         for c in mates:
-            if c.state == _GPU and c.device is not None:
+            if c.state == _GPU and c.device is not None and c.size > 0:
                 on[c.device.index] = on.get(c.device.index, 0) + c.size
         if on:
             best = max(on, key=lambda i: (on[i], -i))
-            return self._devices[best], 0
-        return None, e.size + sum(c.size for c in mates)
+            return self._devices[best], 0, mates
+        return None, e.size + sum(c.size for c in mates if c.state != _GPU), mates
 
     def _no_device(self, e: _Entry, failures: list[tuple[_Device, ModelTooLarge]]) -> ModelTooLarge:
         busy = tuple(n for _, exc in failures for n in exc.busy)

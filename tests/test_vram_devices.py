@@ -358,3 +358,33 @@ def test_vram_monitor_and_diagnostics_show_each_device(live_server, make_setting
     diag = requests.get(f"{server.url}/diagnostics", headers=H, timeout=30).json()
     assert [d["name"] for d in diag["vram_devices"]] == ["cpu:0", "cpu:1"]
     assert diag["vram_devices"][1]["models_loaded"] == ["whisper:whisper-base"]
+
+
+def test_a_realtime_session_keeps_its_models_on_one_device():
+    """VITA's session manager pins the assistant's models as one group (the session id)."""
+    from types import SimpleNamespace
+
+    from services.vita.manager import VAD_NAME, SessionManager
+    from services.vita.session import VitaConfig
+
+    off = two(budgets=(8, 8))
+    for name, gb in (("held", 3), ("idle", 3), ("asr", 2), ("vlm", 3), ("tts", 1.5)):
+        add(off, name, gb)
+    manager = SessionManager(VitaConfig(), vram=off, transcriber=SimpleNamespace(vram_names=("asr",)),
+                             brain=SimpleNamespace(vram_names=("vlm",)),
+                             speaker=SimpleNamespace(vram_names=("tts",)))
+    try:
+        with off.acquire("held"):  # cpu:0: 3 GB in use; cpu:1: 3 GB idle (evictable)
+            use(off, "idle")
+            session = manager.open("sid-1", emit=lambda *a: None, disconnect=lambda sid: None)
+            assert session is not None
+            use(off, "asr", "vlm", "tts")  # alone, asr would take cpu:0 (first of two equal devices)
+            placed = where(off)
+        # the VAD (no GPU bytes: it runs on the CPU) was placed before the pins; the rest follow the group
+        assert placed[VAD_NAME] in ("cpu:0", "cpu:1")
+        assert {placed[n] for n in ("asr", "vlm", "tts")} == {"cpu:1"}
+        assert placed["held"] == "cpu:0" and placed["idle"] == "cpu"
+        manager.close("sid-1")
+        assert all(m["pinned"] == 0 for m in off.snapshot()["models"])
+    finally:
+        manager.stop()
