@@ -51,7 +51,7 @@ import logging
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Iterator, Sequence
@@ -469,9 +469,21 @@ class VramOffloader:
         """Yield the model resident on the device, marked in use until the block exits."""
         e = self._acquire_entry(name, wait_s)
         try:
-            yield e.obj
+            with self._current_device(e.device):
+                yield e.obj
         finally:
             self._release(e)
+
+    def _current_device(self, dev: _Device | None):
+        """With several GPUs, make ``dev`` this thread's current CUDA device while a model is used
+        or loaded there: code that allocates on "the" GPU (``device="cuda"``, CUDA graphs, streams)
+        then lands on the model's GPU. One device: nothing changes."""
+        if dev is None or not dev.is_cuda or len(self._devices) == 1:
+            return nullcontext()
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_available():  # bookkeeping under CUDA names, no GPU
+            return nullcontext()
+        return torch.cuda.device(dev.name)
 
     def _acquire_entry(self, name: str, wait_s: float | None) -> _Entry:
         # fast path: already resident
@@ -734,14 +746,15 @@ class VramOffloader:
             self._empty_cache(dev)
             before = self._probe_free(dev)
         t0 = time.perf_counter()
-        if e.state == _CPU and e.obj is not None:
-            obj = e.to_device(e.obj, dev.target)
-            kind = "moved"
-        else:
-            if e.state == _CPU:  # parked without an object: treat as unloaded
-                e.state = _UNLOADED
-            obj = e.loader(dev.target)
-            kind = "loaded"
+        with self._current_device(dev):
+            if e.state == _CPU and e.obj is not None:
+                obj = e.to_device(e.obj, dev.target)
+                kind = "moved"
+            else:
+                if e.state == _CPU:  # parked without an object: treat as unloaded
+                    e.state = _UNLOADED
+                obj = e.loader(dev.target)
+                kind = "loaded"
         dt = time.perf_counter() - t0
         if kind == "moved" and obj is None:
             obj = e.obj
