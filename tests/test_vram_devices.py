@@ -388,3 +388,25 @@ def test_a_realtime_session_keeps_its_models_on_one_device():
         assert all(m["pinned"] == 0 for m in off.snapshot()["models"])
     finally:
         manager.stop()
+
+
+def test_face_models_open_their_cuda_session_on_the_offloader_s_gpu(tmp_path, monkeypatch):
+    """ONNX Runtime picks its GPU from the provider options: the loader's device decides them."""
+    from services.face import models
+    from services.face.models import CPU, CUDA, FaceConfig
+    from services.face.service import FaceService
+    from services.model_env import ModelEnv
+
+    env = ModelEnv(models_dir=tmp_path, profile="smoke", device="cuda", dtype="float16",
+                   vram=two(), data_dir=tmp_path)
+    service = FaceService(env, FaceConfig(models_dir=tmp_path, device="cuda"))
+    seen = []
+    monkeypatch.setattr(models, "load_swapper", lambda cfg: seen.append(models.requested_providers(cfg))
+                        or SimpleSwapper())
+    service._load_swapper("cuda:1")
+    service._load_swapper("cuda")
+    assert seen == [[(CUDA, {"device_id": 1}), CPU], [(CUDA, {"device_id": 0}), CPU]]
+
+
+class SimpleSwapper:
+    runtime = {"providers": []}
