@@ -35,8 +35,8 @@ offloaded for being idle.
 Several devices (e.g. Kaggle's two T4s): each device has its own budget, memory probe, LRU
 eviction and OOM retry; a model lives on one device at a time, and loaders / ``to_device`` get
 THAT device's name. A model that is not resident goes to the device where it fits best: where
-it evicts the fewest bytes, then the one with the most room left, then (ties) the device it was
-parked from. Models pinned with the same ``group`` (one realtime session) stay together: a member
+it evicts the fewest bytes (of pinned models first, then of any), then the one with the most room
+left, then (ties) the device it was parked from. Models pinned with the same ``group`` (one realtime session) stay together: a member
 goes to the device already holding the group's resident members; the first one goes to a device
 where the whole group fits. A model already resident is never moved to another device. With one
 device everything is as before. On a CPU-only machine, several simulated devices (``cpu:0``,
@@ -611,7 +611,8 @@ class VramOffloader:
                 together = avail + sum(c.size for c in cands) >= group_need
             else:
                 together = True
-            key = (not together, evicted, -room_after, dev is not e.device, dev.index)
+            pinned_out = sum(v.size for v in victims if v.pinned > 0)  # pinned models go last, here too
+            key = (not together, pinned_out, evicted, -room_after, dev is not e.device, dev.index)
             options.append((key, dev, victims))
         if options:
             _, dev, victims = min(options, key=lambda o: o[0])

@@ -410,3 +410,14 @@ def test_face_models_open_their_cuda_session_on_the_offloader_s_gpu(tmp_path, mo
 
 class SimpleSwapper:
     runtime = {"providers": []}
+
+
+def test_a_device_that_would_evict_a_pinned_model_is_avoided():
+    off = two(budgets=(8, 8))
+    add(off, "pinned", 5)
+    add(off, "plain", 6)
+    add(off, "new", 4)
+    use(off, "pinned", "plain")  # cpu:0: pinned (3 GB left); cpu:1: plain (2 GB left)
+    off.pin("pinned")
+    use(off, "new")  # cpu:0 would evict fewer bytes (5 GB, pinned) than cpu:1 (6 GB): the unpinned one goes
+    assert where(off) == {"pinned": "cpu:0", "plain": "cpu", "new": "cpu:1"}
