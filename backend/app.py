@@ -8,7 +8,7 @@ from flask_cors import CORS
 from flask_socketio import SocketIO
 
 from services.model_env import ModelEnv
-from services.vram import VramOffloader
+from services.vram import DeviceSpec, VramOffloader
 
 from . import auth
 from .context import Backend
@@ -49,13 +49,12 @@ CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "Prefer", "ngrok-s
 
 
 def make_offloader(settings: Settings) -> VramOffloader:
-    device = settings.resolved_device
+    names = settings.offloader_devices
     budget = settings.vram_budget_gb
-    if budget is None and not device.startswith("cuda"):
+    if budget is None and not names[0].startswith("cuda"):
         budget = 15.0  # a T4's worth, so CPU runs make the same decisions Colab would
     return VramOffloader(
-        device=device,
-        budget_bytes=int(budget * GB) if budget else None,
+        devices=[DeviceSpec(name, int(budget * GB) if budget else None) for name in names],
         reserve_bytes=int(settings.vram_reserve_gb * GB),
         host_ram_budget_bytes=int(settings.host_ram_budget_gb * GB),
         idle_offload_s=settings.idle_offload_seconds,
@@ -114,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     jobs.start()
     b.vram.start_idle_thread()
     log.info("EnfoadsIA backend ready: profile=%s device=%s dtype=%s data=%s", settings.profile,
-             settings.resolved_device, settings.dtype_name, settings.data_dir)
+             vram.device, settings.dtype_name, settings.data_dir)
     return app
 
 

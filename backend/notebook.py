@@ -323,11 +323,16 @@ def diagnostics_text(settings: Settings) -> str:
 
 def vram_text(server: Server) -> str:
     snap = server.app.extensions["enfoads"].vram.snapshot()
-    lines = [f"{snap['device']}: {snap['used_bytes'] / 1024**3:.2f} GB used of {snap['budget_bytes'] / 1024**3:.2f} GB "
-             f"budget, peak {snap['peak_bytes'] / 1024**3:.2f} GB, swaps {snap['swaps']}"]
+    gb = 1024**3
+    lines = [f"{snap['device']}: {snap['used_bytes'] / gb:.2f} GB used of {snap['budget_bytes'] / gb:.2f} GB "
+             f"budget, peak {snap['peak_bytes'] / gb:.2f} GB, swaps {snap['swaps']}"]
+    devices = snap.get("devices") or []
+    if len(devices) > 1:  # Kaggle's two T4s: one line each
+        lines += [f"  {d['name']}: {d['used_bytes'] / gb:.2f} GB used of {d['budget_bytes'] / gb:.2f} GB"
+                  for d in devices]
     for m in snap["models"]:
-        lines.append(f"  {m['name']:<32} {m['family'] or '':<8} {m['state']:<9} {m['bytes'] / 1024**3:6.2f} GB"
-                     + ("  in use" if m["in_use"] else "") + ("  pinned" if m["pinned"] else ""))
+        lines.append(f"  {m['name']:<32} {m['family'] or '':<8} {m.get('device') or '':<7} {m['state']:<9} "
+                     f"{m['bytes'] / gb:6.2f} GB" + ("  in use" if m["in_use"] else "") + ("  pinned" if m["pinned"] else ""))
     return "\n".join(lines)
 
 

@@ -49,7 +49,12 @@ class Settings(BaseSettings):
                                                               "0 keeps them forever")
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    vram_budget_gb: float | None = Field(None, gt=0, description="default: the GPU's total memory; 15 on CPU")
+    vram_budget_gb: float | None = Field(None, gt=0, description="per device; default: each GPU's total memory, "
+                                                                  "15 on CPU")
+    gpus: Annotated[list[int] | None, NoDecode] = Field(
+        None, description="GPUs the offloader manages, e.g. 0,1; default (or 'all'): every visible GPU")
+    vram_devices: int = Field(1, ge=1, le=16, description="on CPU: simulated devices, each with the VRAM budget "
+                                                           "(tests the multi-GPU bookkeeping)")
     vram_reserve_gb: float = Field(1.0, ge=0)
     host_ram_budget_gb: float = Field(6.0, ge=0, description="CPU RAM for models parked off the GPU")
     idle_offload_seconds: float = Field(300, ge=0)
@@ -155,6 +160,18 @@ class Settings(BaseSettings):
         parse_networks(v)  # ValueError names the bad entry
         return v
 
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _split_gpus(cls, v):
+        if isinstance(v, str):
+            if v.strip().lower() in ("", "all"):
+                return None
+            try:
+                return [int(p) for p in v.split(",") if p.strip()]
+            except ValueError:
+                raise ValueError(f"expected 'all' or GPU indices separated by commas (e.g. 0,1), got {v!r}") from None
+        return v
+
     @model_validator(mode="after")
     def _resolve_dirs(self):
         self.data_dir = Path(self.data_dir).expanduser().resolve()
@@ -180,6 +197,10 @@ class Settings(BaseSettings):
     @property
     def resolved_device(self) -> str:
         return device_policy.resolve_device(self.device)
+
+    @property
+    def offloader_devices(self) -> list[str]:
+        return device_policy.offloader_devices(self.resolved_device, self.gpus, self.vram_devices)
 
     @property
     def dtype_name(self) -> str:

@@ -30,8 +30,7 @@ def health():
 @bp.get("/vram-monitor")
 @doc(summary="GPU memory and what the offloader holds", tags=["system"])
 def vram_monitor():
-    vram = backend().vram
-    return ok(diagnostics.vram_report(vram, diagnostics.torch_cuda_memory(vram.device)))
+    return ok(diagnostics.vram_report(backend().vram, diagnostics.torch_cuda_memory))
 
 
 @bp.get("/diagnostics")
@@ -39,6 +38,7 @@ def vram_monitor():
 def diagnostics_route():
     s = backend().settings
     data = diagnostics.report(s.data_dir, device=s.resolved_device, dtype=s.dtype_name)
+    data["vram_devices"] = diagnostics.vram_report(backend().vram, diagnostics.torch_cuda_memory)["devices"]
     data["models"] = backend().models
     return ok(data)
 
