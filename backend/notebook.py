@@ -328,9 +328,10 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"),
     "face": ("face",),
     "whisper": ("whisper-large-v3-turbo",),
-    "tts": ("chatterbox-multilingual",),
+    # Spanish first: Resemble's Latin-American Spanish V3 pack (it brings the shared V3 files it needs)
+    "tts": ("chatterbox-es-latam",),
     # the assistant hears with whisper and speaks with Chatterbox
-    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual"),
+    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-es-latam"),
 }
 
 

@@ -60,7 +60,7 @@ def test_spanish_asked_of_kyutai_is_spoken_by_chatterbox(server):
             "response_format": "wav"}
     r = post(server, body, "/v1/audio/speech")
     assert r.status_code == 200, r.text
-    assert r.headers["X-TTS-Engine"] == "chatterbox-multilingual"
+    assert r.headers["X-TTS-Engine"] == "chatterbox-es-latam"  # the best speaker of Spanish here
     assert r.headers["X-TTS-Routed-From"] == KYUTAI
     assert decode(r.content)[1] == 24000
     # the job's JSON says the same
@@ -74,7 +74,7 @@ def test_spanish_asked_of_kyutai_is_spoken_by_chatterbox(server):
             break
         time.sleep(0.1)
     assert job["status"] == "succeeded", job
-    assert job["result"]["engine"] == "chatterbox-multilingual" and job["result"]["routed_from"] == KYUTAI
+    assert job["result"]["engine"] == "chatterbox-es-latam" and job["result"]["routed_from"] == KYUTAI
 
 
 def test_kyutai_voices_are_listed_and_clip_voices_refused(server):
