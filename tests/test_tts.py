@@ -171,7 +171,7 @@ def test_openai_sdk_speaks_with_openai_model_and_voice_names(server):
                                                        response_format="wav", instructions="Habla con alegría")
     assert raw.headers["X-TTS-Engine"] == "chatterbox-es-latam"  # the server's default for Spanish
     assert "instructions ignored" in raw.headers["X-TTS-Warning"]
-    assert decode(raw.read(), "wav")[1] == RATE
+    assert decode(raw.content, "wav")[1] == RATE
 
 
 def test_models_and_openai_aliases_are_listed(server):
