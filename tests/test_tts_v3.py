@@ -246,3 +246,22 @@ def test_sse_and_socketio_speak_spanish_with_the_new_models(server):
     assert got[0]["sample_rate"] == RATE and len(got[0]["audio"]) == (RIGGED_TOKENS - 1) * PER_TOKEN * 2
     assert got[1]["engine"] == "chatterbox-es-latam"
     assert got[2]["status"] == 400 and got[2]["param"] == "text"
+
+
+def test_with_only_the_spanish_pack_the_assistant_answers_in_spanish(models_dir, tmp_path):
+    """The notebook's TTS/VITA tick fetches only the es-latam pack: a language nothing on the machine
+    speaks is a 503 over HTTP, and the assistant answers in its own language instead."""
+    from services.vita.ports import TtsSpeaker
+
+    srv = start_server(subset(models_dir, tmp_path, ["chatterbox-es-latam", "chatterbox-v3-shared"]), tmp_path / "d")
+    try:
+        svc = srv.app.extensions["enfoads.tts"]
+        assert svc.default_model("es") == "chatterbox-es-latam"
+        r = post(srv, {"input": "Bonjour.", "language": "fr"})
+        assert r.status_code == 503 and "chatterbox-multilingual-v3" in r.json()["error"]["message"]
+        speaker = TtsSpeaker(svc, svc.default_model("es"), "es")
+        assert speaker.languages() == {"es"}
+        chunks = list(speaker.synthesize("Hello there.", "en", None))
+        assert chunks and all(rate == RATE and audio.size for audio, rate in chunks)
+    finally:
+        srv.stop()
