@@ -482,6 +482,7 @@ _SPECS: list[ModelSpec] = [
         vram_bytes={"fp16": 4_800 * MB, "bf16": 4_800 * MB, "fp32": 8_800 * MB},
         license="cc-by-4.0",
         runtime="torch",
+        requires=("kyutai-tts-voices",),
         note="English and French only; needs kyutai-tts-voices too. Loaded with moshi's CheckpointInfo."
         "from_hf_repo (every path given: no hub call; config.json must not name mimi_config_name or "
         "lora_name) and TTSModel.from_checkpoint_info; moshi defaults to bf16: the server uses the dtype "
