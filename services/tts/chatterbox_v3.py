@@ -206,4 +206,3 @@ def refuse_empty_speech(s3gen, *, drop_final_token: bool) -> None:
 def use_v3_inference(tts) -> None:
     without_analyzer(tts.t3)
     refuse_empty_speech(tts.s3gen, drop_final_token=True)
-    tts.enfoads_v3 = True

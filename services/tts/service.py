@@ -30,7 +30,8 @@ MAX_CHUNK = 500
 # Who speaks a language, best first: the first one on this machine speaks when a request names no
 # model (or an OpenAI alias), or names one that cannot speak the language. An engine that should
 # be preferred for a language registers here; FAMILY_SPEAKERS is tried first for a request that
-# named a model of that family (so a family's own engine keeps a request when it can).
+# named a model of that family (so a family's own engine keeps a request when it can), e.g.
+# {"kyutai": {"es": ("kyutai-pocket-tts",)}}.
 SPEAKERS: dict[str, tuple[str, ...]] = {
     "es": ("chatterbox-es-latam", "chatterbox-multilingual-v3", "chatterbox-multilingual"),
 }
@@ -71,7 +72,6 @@ class Plan:
     engine: object
     chunks: list[str]
     routed_from: str | None = None
-    warnings: tuple[str, ...] = ()
 
     @property
     def sample_rate(self) -> int:
