@@ -374,10 +374,11 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"),
     "face": ("face",),
     "whisper": ("whisper-large-v3-turbo",),
+    # Spanish first: Resemble's Latin-American Spanish V3 pack (it brings the shared V3 files it needs),
     # with its Chinese word segmenter (else spacy-pkuseg would fetch it into ~/.pkuseg)
-    "tts": ("chatterbox-multilingual", "spacy-pkuseg-ontonotes"),
+    "tts": ("chatterbox-es-latam", "spacy-pkuseg-ontonotes"),
     # the assistant hears with whisper and speaks with Chatterbox
-    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual", "spacy-pkuseg-ontonotes"),
+    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-es-latam", "spacy-pkuseg-ontonotes"),
 }
 
 

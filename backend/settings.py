@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     public: bool = False
     log_level: str = "INFO"
     # --- tts ---
-    tts_default_model: str = Field("chatterbox-multilingual", description="model when a request names none")
+    tts_default_model: str = Field("", description="model when a request names none (or an OpenAI name: tts-1, "
+                                                   "gpt-4o-mini-tts); empty: the best one present for the language")
     tts_default_language: str = Field("es", description="language when a request names none")
     tts_max_chars: int = Field(5000, ge=1, description="longest text one request may speak")
     tts_clip_min_seconds: float = Field(5.0, gt=0, description="shortest reference clip for a cloned voice")

@@ -1,10 +1,15 @@
 """TTS: time to first audio vs full synthesis for an 8-sentence Spanish text, HTTP vs direct call,
-and (on a GPU with the real checkpoints) the real-time factor of each engine, Kyutai included
-(English and French; Spanish is Chatterbox's).
+Chatterbox V3 / the Latin-American Spanish pack vs V2 side by side (same text, same run: RTF and time
+to the first chunk), and (on a GPU with the real checkpoints) the real-time factor of each engine,
+Kyutai included (English and French; Spanish is Chatterbox's).
 
 Run by hand: `.venv/bin/python -m benchmarks.bench_tts [--real] [--runs 3]`.
 Without --real it builds the tiny smoke models (CPU, random weights: the ratios are what it
 measures, not the speech). With --real it uses the prefetched checkpoints (`python -m prefetch tts`)
+on the GPU. Goals: first audio / full <= 0.25; HTTP / direct <= 1.10; V3 and es-latam RTF <= 0.5 on a
+T4 in fp32 (upstream's figure: 0.3 on a 3090). On the tiny models the V3/V2 ratio measures the
+inference path (no alignment analyzer, no attention maps), not the speech.
+
 on the GPU. Goals: first audio / full <= 0.25; HTTP / direct <= 1.10.
 
 Kyutai Pocket TTS (Spanish, on the CPU whatever the machine) is measured in the same run: time to
@@ -40,6 +45,8 @@ TEXTS = {
 CLAIMS = {
     "chatterbox-turbo": "seeds' claim on a T4: RTF 0.335 fp32, 0.535 bf16",
     "chatterbox-multilingual": "seeds' claim: Chatterbox on a T4 runs fp32",
+    "chatterbox-multilingual-v3": "goal on a T4 fp32: RTF <= 0.5 (0.3 on a 3090)",
+    "chatterbox-es-latam": "goal on a T4 fp32: RTF <= 0.5 (0.3 on a 3090)",
     "kyutai-tts-1.6b-en_fr": "no claim in the seeds; < 1 is faster than real time",
 }
 POCKET = "kyutai-pocket-tts"
@@ -97,6 +104,38 @@ def bench_pocket(server, svc, runs: int) -> None:
     print(f"  RTF {med(rtf):.3f} (goal <= 0.5 on 2 cores with the real weights)")
 
 
+SPANISH_SPEAKERS = ("chatterbox-es-latam", "chatterbox-multilingual-v3", "chatterbox-multilingual")
+
+
+def compare_chatterbox(svc, runs: int) -> None:
+    """V3 and the es-latam pack against V2 on the same Spanish text, in one run (medians of `runs`)."""
+    from services.tts.service import SpeechRequest
+
+    rows = {}
+    for name in SPANISH_SPEAKERS:
+        if name not in svc.engines or not svc.engines[name].available():
+            print(f"V3 vs V2: {name} not on this machine (python -m prefetch {name})")
+            continue
+        plan = svc.plan(SpeechRequest(text=TEXT, model=name, language="es-MX", chunk_size=120, seed=1))
+        svc.synthesize(plan)  # warm-up: load, first-run kernels
+        rtf, first = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            audio = 0
+            for i, chunk in enumerate(svc.stream(plan)):
+                if i == 0:
+                    first.append(time.perf_counter() - t0)
+                audio += chunk.samples.size
+            rtf.append((time.perf_counter() - t0) / (audio / plan.sample_rate))
+        rows[name] = (statistics.median(rtf), statistics.median(first), len(plan.chunks))
+        svc.env.vram.unload(name)  # one at a time on the GPU: each measured alone
+    base = rows.get("chatterbox-multilingual")
+    for name, (rtf, first, chunks) in rows.items():
+        vs = f", x{rtf / base[0]:.2f} V2's RTF" if base and name != "chatterbox-multilingual" else ""
+        print(f"V3 vs V2: {name:28s} RTF {rtf:.3f}  first chunk {first:.3f} s  ({chunks} chunks{vs}; "
+              f"{CLAIMS.get(name, '')})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--real", action="store_true", help="prefetched checkpoints instead of tiny smoke models")
@@ -117,11 +156,10 @@ def main() -> None:
     server = Server(settings).start()
     svc = server.app.extensions["enfoads.tts"]
     H = {"Authorization": "Bearer bench"}
-    body = {"input": TEXT, "model": "chatterbox-multilingual", "language": "es", "response_format": "pcm",
-            "chunk_size": 50, "seed": 1}
+    body = {"input": TEXT, "language": "es", "response_format": "pcm", "chunk_size": 50, "seed": 1}
     from services.tts.service import SpeechRequest
 
-    req = SpeechRequest(text=TEXT, chunk_size=50, seed=1)
+    req = SpeechRequest(text=TEXT, chunk_size=50, seed=1)  # the server's default speaker of Spanish
     list(svc.stream(svc.plan(req)))  # warm-up: load the model
 
     first, full, direct, http = [], [], [], []
@@ -142,12 +180,15 @@ def main() -> None:
         t0 = time.perf_counter()
         requests.post(f"{server.url}/v1/audio/speech", json=body, headers=H, timeout=600).raise_for_status()
         http.append(time.perf_counter() - t0)
-    seconds = samples.size / svc.engines["chatterbox-multilingual"].sample_rate
+    plan = svc.plan(req)
+    seconds = samples.size / plan.sample_rate
     med = statistics.median
-    print(f"chunks: {len(svc.plan(req).chunks)}  audio: {seconds:.2f} s  runs: {args.runs}  device: {settings.resolved_device}")
+    print(f"speaker: {plan.engine.name}  chunks: {len(plan.chunks)}  audio: {seconds:.2f} s  runs: {args.runs}  "
+          f"device: {settings.resolved_device}")
     print(f"stream: first audio {med(first):.3f} s, full {med(full):.3f} s, ratio {med(first) / med(full):.3f} (goal <= 0.25)")
     print(f"whole:  direct {med(direct):.3f} s, HTTP {med(http):.3f} s, ratio {med(http) / med(direct):.3f} (goal <= 1.10)")
     bench_pocket(server, svc, args.runs)
+    compare_chatterbox(svc, args.runs)
     if args.real:
         for name, engine in svc.engines.items():
             if name == POCKET:

@@ -100,6 +100,8 @@ PREFETCH = """\
 # @title 2. Models · Descargar modelos { display-mode: "form" }
 # @markdown Families to download (resumes; skips what is already there). Extra models: keys from
 # @markdown `python -m prefetch --list`, e.g. `chatterbox-turbo kyutai-tts-1.6b-en_fr whisper-small`.
+# @markdown TTS and VITA speak with `chatterbox-es-latam` (Latin-American Spanish); add
+# @markdown `chatterbox-multilingual-v3` for the other 22 languages.
 IMAGE = True  # @param {type:"boolean"}
 FACE = True  # @param {type:"boolean"}
 WHISPER = True  # @param {type:"boolean"}

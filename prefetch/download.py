@@ -63,7 +63,8 @@ class DownloadError(Exception):
 # ------------------------------------------------------------------------------------- selection
 
 def select(names: list[str], *, everything: bool = False) -> list[mf.ModelSpec]:
-    """Families and/or model keys -> specs in manifest order (a key selects that model only)."""
+    """Families and/or model keys -> specs in manifest order (a key selects that model and the
+    models it requires, e.g. the shared V3 files of a Chatterbox language pack)."""
     if everything or not names:
         return list(mf.MANIFEST.values())
     keys: set[str] = set()
@@ -72,6 +73,7 @@ def select(names: list[str], *, everything: bool = False) -> list[mf.ModelSpec]:
             keys.update(s.key for s in mf.by_family(name))
         else:
             keys.add(mf.get(name).key)  # KeyError names the known keys
+    keys = mf.with_requirements(keys)
     return [s for s in mf.MANIFEST.values() if s.key in keys]
 
 

@@ -11,7 +11,8 @@ from .manifest import ModelSpec, get
 
 
 def prefetch_command(spec: ModelSpec, profile: str) -> str:
-    return "python -m prefetch --smoke" if profile == "smoke" else f"python -m prefetch {spec.family}"
+    """The command that gets exactly this model (and what it requires), not its whole family."""
+    return "python -m prefetch --smoke" if profile == "smoke" else f"python -m prefetch {spec.key}"
 
 
 def _has_files(path: Path) -> bool:

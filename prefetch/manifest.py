@@ -62,6 +62,9 @@ class ModelSpec:
     url: str = ""  # direct-download source (no hub repo)
     pip_package: str = ""  # the model ships in this pip package (no download)
     also_used_by: tuple[str, ...] = ()  # other families that load this model
+    # Other manifest models this one cannot run without (downloaded with it: `python -m prefetch
+    # chatterbox-es-latam` also fetches the shared V3 files the pack does not carry).
+    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -79,6 +82,7 @@ class ModelSpec:
         object.__setattr__(self, "vram_bytes", MappingProxyType(dict(self.vram_bytes)))
         object.__setattr__(self, "checksums", MappingProxyType(dict(self.checksums)))
         object.__setattr__(self, "files", tuple(self.files))
+        object.__setattr__(self, "requires", tuple(self.requires))
 
     @property
     def source(self) -> str:
@@ -127,6 +131,7 @@ class ModelSpec:
             "url": self.url,
             "pip_package": self.pip_package,
             "also_used_by": list(self.also_used_by),
+            "requires": list(self.requires),
         }
 
 
@@ -343,6 +348,86 @@ _SPECS: list[ModelSpec] = [
         note="23 languages incl. Spanish; the tokenizer fetches Cangjie5_TC.json on load: ship "
         "it and set HF_HUB_OFFLINE",
     ),
+    # Chatterbox Multilingual V3 (June 2026) and its Latin-American Spanish fine-tune.
+    # Established from public material (2026-11):
+    # - resemble-ai/chatterbox main, src/chatterbox/mtl_tts.py after PR #516 (3f35dfc): V3 is
+    #   `t3_mtl23ls_v3.safetensors` loaded with the same ve.pt, s3gen.pt, grapheme tokenizer,
+    #   conds.pt and Cangjie5_TC.json as V2 (its from_pretrained allow_patterns); the T3 file is the
+    #   only loader difference; inference: no alignment analyzer, repetition_penalty 1.2, the final
+    #   speech token's audio dropped.
+    # - revision 5bb1f6ee58e50c3b8d408bc82a6d3740c2db6e18 of ResembleAI/chatterbox: pinned for the
+    #   V3 file set in several independent public projects (download scripts, a pinned test
+    #   manifest with per-file sha256, hub-cache snapshot paths); the checksums below are that
+    #   test manifest's. ve.pt, s3gen.pt, conds.pt and Cangjie5_TC.json hash the same as at the V2
+    #   revision (the hub cache stores them once); the grapheme tokenizer differs.
+    # - ResembleAI/Chatterbox-Multilingual-es-mx-latam (model card: MIT, "Single Language Pack" V3
+    #   fine-tune for Latin America and Mexico): public loaders of five independent projects read
+    #   `t3_es_mx_latam.safetensors` (2.14 GB), `s3gen_v3.pt` (1.06 GB, paired with that T3 in
+    #   Resemble's demo Space) and its own `grapheme_mtl_merged_expanded_v1.json` (~70 KB), and take
+    #   ve.pt / conds.pt from ResembleAI/chatterbox (the pack does not ship them). Revision
+    #   27e595bf... is the hub-cache snapshot dir of that repo in public notes. The T3 name is
+    #   matched by pattern (`t3_*.safetensors`): the engine loads the folder's one T3 file and
+    #   answers 503 saying what it found if there is not exactly one.
+    ModelSpec(
+        key="chatterbox-multilingual-v3",
+        family="tts",
+        repo_id="ResembleAI/chatterbox",
+        revision="5bb1f6ee58e50c3b8d408bc82a6d3740c2db6e18",
+        files=("ve.pt", "t3_mtl23ls_v3.safetensors", "s3gen.pt",
+               "grapheme_mtl_merged_expanded_v1.json", "conds.pt", "Cangjie5_TC.json"),
+        checksums={
+            "Cangjie5_TC.json": "7073fd9de919443ae88e0bd2449917a65fe54898a4413ed1edcc4b67f28bce8c",
+            "conds.pt": "6552d70568833628ba019c6b03459e77fe71ca197d5c560cef9411bee9d87f4e",
+            "grapheme_mtl_merged_expanded_v1.json":
+                "69632f47220a788a52ce2661d096453c5655e9bf25289d89a8d832c46ee07dbf",
+            "s3gen.pt": "9b9ff07e60b20c136e2b1b3d7563a24604e8d2c4c267888d1ee929dd0151d2a3",
+            "t3_mtl23ls_v3.safetensors":
+                "5abca8321ede76f8e61f1cc0d19aea6c946b28871017ce8726f8a69203f05953",
+            "ve.pt": "4b16d836bc598509860f6fa068165a8bb5e9ac84f05582dfcf278a5a372879f1",
+        },
+        # same architecture and shared files as V2 (3,208,951,770 bytes); approximate
+        size_bytes=3_209 * MB,
+        vram_bytes={"fp32": 4_000 * MB, "fp16": 2_900 * MB},
+        license="mit",
+        runtime="torch",
+        also_used_by=("vita",),
+        note="Chatterbox Multilingual V3: 23 languages, same 0.5B Llama T3 as V2; run without the "
+        "alignment analyzer, repetition_penalty 1.2, last speech token's audio dropped",
+    ),
+    ModelSpec(
+        key="chatterbox-v3-shared",
+        family="tts",
+        repo_id="ResembleAI/chatterbox",
+        revision="5bb1f6ee58e50c3b8d408bc82a6d3740c2db6e18",
+        files=("ve.pt", "conds.pt", "Cangjie5_TC.json"),
+        checksums={
+            "Cangjie5_TC.json": "7073fd9de919443ae88e0bd2449917a65fe54898a4413ed1edcc4b67f28bce8c",
+            "conds.pt": "6552d70568833628ba019c6b03459e77fe71ca197d5c560cef9411bee9d87f4e",
+            "ve.pt": "4b16d836bc598509860f6fa068165a8bb5e9ac84f05582dfcf278a5a372879f1",
+        },
+        size_bytes=8 * MB,  # approximate: voice encoder ~5.7 MB, built-in voice, Cangjie table
+        vram_bytes={"fp32": 20 * MB},
+        license="mit",
+        runtime="torch",
+        also_used_by=("vita",),
+        note="what the single-language packs load from ResembleAI/chatterbox: the voice encoder, "
+        "the built-in voice and the Chinese Cangjie table the multilingual tokenizer reads",
+    ),
+    ModelSpec(
+        key="chatterbox-es-latam",
+        family="tts",
+        repo_id="ResembleAI/Chatterbox-Multilingual-es-mx-latam",
+        revision="27e595bf2fe7be0533ca299d9afafcde08b7cca7",
+        files=("t3_*.safetensors", "s3gen_v3.pt", "grapheme_mtl_merged_expanded_v1.json"),
+        size_bytes=3_200 * MB,  # approximate: T3 2.14 GB + S3Gen v3 1.06 GB + tokenizer 70 KB
+        vram_bytes={"fp32": 4_000 * MB, "fp16": 2_900 * MB},
+        license="mit",
+        runtime="torch",
+        also_used_by=("vita",),
+        requires=("chatterbox-v3-shared",),
+        note="Latin-American Spanish (es-MX / LatAm) V3 fine-tune: Spanish only, voice cloning; "
+        "the V3 inference path; ve.pt, conds.pt and Cangjie5_TC.json from chatterbox-v3-shared",
+    ),
     ModelSpec(
         key="spacy-pkuseg-ontonotes",
         family="tts",
@@ -416,6 +501,7 @@ _SPECS: list[ModelSpec] = [
         vram_bytes={"fp16": 4_800 * MB, "bf16": 4_800 * MB, "fp32": 8_800 * MB},
         license="cc-by-4.0",
         runtime="torch",
+        requires=("kyutai-tts-voices",),
         note="English and French only; needs kyutai-tts-voices too. Loaded with moshi's CheckpointInfo."
         "from_hf_repo (every path given: no hub call; config.json must not name mimi_config_name or "
         "lora_name) and TTSModel.from_checkpoint_info; moshi defaults to bf16: the server uses the dtype "
@@ -529,6 +615,10 @@ for _spec in _SPECS:
         raise ValueError(f"duplicate manifest key {_spec.key!r}")
     MANIFEST[_spec.key] = _spec
 del _spec
+_unknown = [(s.key, r) for s in MANIFEST.values() for r in s.requires if r not in MANIFEST]
+if _unknown:  # pragma: no cover - a programming error in this file
+    raise ValueError(f"models require unknown models: {_unknown}")
+del _unknown
 
 VLM_KEY = "qwen2-vl-2b-instruct"
 INSWAPPER_KEY = "inswapper_128"
@@ -542,6 +632,17 @@ def get(key: str) -> ModelSpec:
         return MANIFEST[key]
     except KeyError:
         raise KeyError(f"unknown model {key!r}; known: {', '.join(MANIFEST)}") from None
+
+
+def with_requirements(keys: Iterable[str]) -> set[str]:
+    """The keys plus every model they require (transitively)."""
+    todo, seen = list(keys), set()
+    while todo:
+        key = todo.pop()
+        if key not in seen:
+            seen.add(key)
+            todo += get(key).requires
+    return seen
 
 
 def by_family(family: str, *, shared: bool = False) -> list[ModelSpec]:

@@ -24,6 +24,7 @@ REQUIRED_KEYS = {
     "whisper-large-v3-turbo", "whisper-small", "whisper-base",
     "buffalo_l", "inswapper_128",
     "chatterbox-multilingual", "chatterbox-en", "chatterbox-turbo",
+    "chatterbox-multilingual-v3", "chatterbox-es-latam", "chatterbox-v3-shared",
     "kyutai-tts-1.6b-en_fr", "kyutai-tts-voices",
     "silero-vad", mf.VLM_KEY,
 }

@@ -88,9 +88,13 @@ def test_prefetch_form_maps_ticks_to_models():
     assert nb.prefetch_names({"image": False, "face": True, "whisper": True, "tts": False, "vita": False}) == [
         "face", "whisper-large-v3-turbo"]
     names = nb.prefetch_names({"vita": True}, "chatterbox-turbo, whisper-small")
-    assert names == ["vita", "whisper-large-v3-turbo", "chatterbox-multilingual", "spacy-pkuseg-ontonotes",
+    assert names == ["vita", "whisper-large-v3-turbo", "chatterbox-es-latam", "spacy-pkuseg-ontonotes",
                      "chatterbox-turbo", "whisper-small"]
-    assert nb.prefetch_names({"tts": True}) == ["chatterbox-multilingual", "spacy-pkuseg-ontonotes"]
+    # the TTS tick: the Latin-American Spanish pack, and prefetch adds the shared V3 files it needs
+    assert nb.prefetch_names({"tts": True}) == ["chatterbox-es-latam", "spacy-pkuseg-ontonotes"]
+    from prefetch import download as dl
+
+    assert [s.key for s in dl.select(["chatterbox-es-latam"])] == ["chatterbox-v3-shared", "chatterbox-es-latam"]
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         nb.prefetch_names({}, "nope")
     # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each)

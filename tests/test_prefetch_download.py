@@ -289,3 +289,31 @@ def test_url_download_with_a_wrong_checksum_fails_and_keeps_nothing(zip_server, 
     assert "buffalo_l" in outcome.message and "expected " + "0" * 64 in outcome.message
     assert "retry with `python -m prefetch buffalo_l`" in outcome.message
     assert not (models / "buffalo_l").exists() and not list((models / ".downloads").iterdir())
+
+
+# ------------------------------------------------------------------- one model and what it needs
+
+def test_one_model_id_downloads_that_model_and_the_models_it_requires(dirs, monkeypatch, capsys):
+    """`python -m prefetch chatterbox-es-latam` (the command a 503 names) fetches the Latin-American
+    Spanish pack and the shared V3 files it loads, at their pinned revisions, and nothing else."""
+    models, cache = dirs
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kw):
+        calls.append((repo_id, kw["revision"], tuple(kw["allow_patterns"])))
+        spec = next(s for s in mf.MANIFEST.values() if s.repo_id == repo_id and s.revision == kw["revision"]
+                    and tuple(s.files) == tuple(kw["allow_patterns"]))
+        files = {f.replace("*", "es_mx_latam"): b"x" for f in spec.files}
+        return str(fake_snapshot(Path(kw["cache_dir"]), spec, files, blob_names=dict(spec.checksums)))
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    args = ["chatterbox-es-latam", "--models-dir", str(models), "--cache-dir", str(cache), "--min-free-gb", "0"]
+    assert cli.main(args) == 0, capsys.readouterr()
+    shared, pack = mf.get("chatterbox-v3-shared"), mf.get("chatterbox-es-latam")
+    assert calls == [(shared.repo_id, shared.revision, shared.files), (pack.repo_id, pack.revision, pack.files)]
+    assert "t3_*.safetensors" in pack.files and "ve.pt" in shared.files
+    capsys.readouterr()
+    assert cli.main(["--check", "chatterbox-es-latam", "--models-dir", str(models), "--cache-dir", str(cache)]) == 0
+    assert "all 2 models present" in capsys.readouterr().out

@@ -62,7 +62,7 @@ def speech_wav(seconds=6.0, rate=22050, amplitude=0.3):
 def test_tts_speaks_spanish_in_each_format(server, fmt):
     r = post(server, "/tts", {"text": "Hola, ¿cómo estás?", "output_format": fmt, "seed": 1})
     assert r.status_code == 200, r.text
-    assert r.headers["X-TTS-Engine"] == "chatterbox-multilingual"
+    assert r.headers["X-TTS-Engine"] == "chatterbox-es-latam"  # Spanish: the Latin-American pack
     samples, rate = decode(r.content, fmt)
     assert rate == (48000 if fmt == "opus" else RATE)  # Opus decoders always output 48 kHz
     assert r.headers["X-Sample-Rate"] == str(RATE)
@@ -159,10 +159,14 @@ def test_bad_reference_clips_are_refused_with_the_reason(server, clip, reason):
 
 
 @pytest.mark.parametrize("body,param,status", [
-    ({"text": "   "}, "input", 400),
-    ({"text": ""}, "input", 400),
-    ({"text": "x" * 5001}, "input", 400),
-    ({"text": "y " * 300, "split_text": False}, "input", 400),
+    ({"text": "   "}, "text", 400),
+    ({"text": ""}, "text", 400),
+    ({"text": "x" * 5001}, "text", 400),
+    ({"text": "y " * 300, "split_text": False}, "text", 400),
+    ({"text": "... !!"}, "text", 422),  # nothing to speak: no_audio, not a 500
+    ({"text": "Hi", "language": "en-US"}, "language", 400),  # regional variants: Spanish only
+    ({"text": "Hola", "language": "es-"}, "language", 400),
+    ({"text": "Hola", "seed": -1}, "seed", 400),
     ({"text": "Hola", "voice": "nadie"}, "voice", 404),
     ({"text": "Hola", "voice": "../etc/passwd"}, "voice", 400),
     ({"text": "Hola", "output_format": "aac"}, "output_format", 400),
@@ -173,6 +177,7 @@ def test_bad_reference_clips_are_refused_with_the_reason(server, clip, reason):
     ({"text": "Hola", "speed_factor": 5}, "speed_factor", 400),
     ({"text": "Hola", "chunk_size": 20}, "chunk_size", 400),
     ({"text": "Hola", "model": "nope"}, "model", 400),
+    ({"text": "Hola", "model": "tts-2"}, "model", 400),
 ])
 def test_bad_input_is_refused_naming_the_field(server, body, param, status):
     r = post(server, "/tts", body)
@@ -191,30 +196,37 @@ def test_voice_id_with_path_characters_cannot_be_deleted_or_created(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "id"
 
 
-def test_openai_sdk_speech(server):
-    openai = pytest.importorskip("openai")
+def test_openai_sdk_speaks_with_openai_model_and_voice_names(server):
+    import openai  # requirements/dev.txt
+
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
-    resp = client.audio.speech.create(model="chatterbox-multilingual", voice="nova", input="Hola desde OpenAI.",
-                                      response_format="wav")
-    samples, rate = decode(resp.read(), "wav")
-    assert rate == RATE and samples.size > 0
+    resp = client.audio.speech.create(model="tts-1", voice="nova", input="Hola")  # the SDK's own example, as is
+    samples, rate = decode(resp.read(), "mp3")  # OpenAI's default format
+    assert rate == RATE and samples.size > RATE // 4
+    raw = client.audio.speech.with_raw_response.create(model="gpt-4o-mini-tts", voice="marin", input="Hola.",
+                                                       response_format="wav", instructions="Habla con alegría")
+    assert raw.headers["X-TTS-Engine"] == "chatterbox-es-latam"  # the server's default for Spanish
+    assert "instructions ignored" in raw.headers["X-TTS-Warning"]
+    assert decode(raw.content, "wav")[1] == RATE
 
 
-def test_models_are_listed(server):
+def test_models_and_openai_aliases_are_listed(server):
     data = requests.get(f"{server.url}/v1/audio/models", headers=H, timeout=10).json()["data"]
     by_id = {m["id"]: m for m in data}
     assert by_id["chatterbox-multilingual"]["available"] and "es" in by_id["chatterbox-multilingual"]["languages"]
-    assert not by_id["chatterbox-turbo"]["available"]
-    ids = [m["id"] for m in requests.get(f"{server.url}/v1/models", headers=H, timeout=10).json()["data"]]
-    assert "chatterbox-en" in ids
+    assert by_id["chatterbox-es-latam"]["languages"] == ["es"] and by_id["chatterbox-es-latam"]["default"]
+    assert not by_id["chatterbox-multilingual-v3"]["default"] and not by_id["chatterbox-turbo"]["available"]
+    assert {by_id[a]["alias_of"] for a in ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")} == {"chatterbox-es-latam"}
+    models = {m["id"]: m for m in requests.get(f"{server.url}/v1/models", headers=H, timeout=10).json()["data"]}
+    assert "chatterbox-en" in models and models["tts-1"]["alias_of"] == "chatterbox-es-latam"
 
 
-def test_english_model_speaks_and_routes_spanish_to_multilingual(server):
+def test_english_model_speaks_and_routes_spanish_to_the_latin_american_model(server):
     r = post(server, "/tts", {"text": "Hello there.", "model": "chatterbox-en", "language": "en"})
     assert r.status_code == 200 and r.headers["X-TTS-Engine"] == "chatterbox-en"
-    r = post(server, "/tts", {"text": "Hola.", "model": "chatterbox-en", "language": "es"})
+    r = post(server, "/tts", {"text": "Hola.", "model": "chatterbox-en", "language": "es-MX"})
     assert r.status_code == 200
-    assert r.headers["X-TTS-Engine"] == "chatterbox-multilingual"
+    assert r.headers["X-TTS-Engine"] == "chatterbox-es-latam"
     assert r.headers["X-TTS-Routed-From"] == "chatterbox-en"
 
 
@@ -245,12 +257,12 @@ class SlowedEngine:
 @pytest.fixture
 def slowed(server):
     svc = server.app.extensions["enfoads.tts"]
-    real = svc.engines["chatterbox-multilingual"]
+    real = svc.engines["chatterbox-es-latam"]  # who speaks Spanish by default
     engine = SlowedEngine(real)
-    svc.engines["chatterbox-multilingual"] = engine
+    svc.engines["chatterbox-es-latam"] = engine
     yield engine
     engine.first_bytes_seen.set()
-    svc.engines["chatterbox-multilingual"] = real
+    svc.engines["chatterbox-es-latam"] = real
 
 
 TWO_SENTENCES = "Esta es la primera frase del texto largo. Y esta es la segunda frase del mismo texto."
@@ -327,7 +339,7 @@ def test_socketio_speak_streams_chunks(server, slowed):
     assert [g["index"] for g in got[:2]] == [0, 1] and got[0]["sample_rate"] == RATE
     assert slowed.order[:2] == ["generate Esta es la", "waiting for client"]
     assert slowed.order[2].startswith("generate Y esta")
-    assert got[2][1]["engine"] == "chatterbox-multilingual"
+    assert got[2][1]["engine"] == "chatterbox-es-latam"
 
 
 def test_service_speaks_sentence_by_sentence_without_http(server):

@@ -31,7 +31,7 @@ def test_the_real_speech_services_are_wired_as_ears_and_voice(server, speech):
     assert list(manager.speaker.synthesize("Hola.", "sd", None))
     # while a session is open, the assistant's speech models stay pinned in the offloader
     assert set(manager.transcriber.vram_names) == {"whisper:whisper-base"}
-    assert set(manager.speaker.vram_names) == {"chatterbox-multilingual"}
+    assert set(manager.speaker.vram_names) == {"chatterbox-es-latam"}
 
 
 def test_spoken_question_gets_a_transcript_and_spoken_reply_from_the_real_services(server, speech):

@@ -133,7 +133,7 @@ def _cache() -> AnswerCache:
 
 
 def _speak(req: SpeechRequest) -> tuple[dict, dict]:
-    plan = service().plan(req)  # bad language / voice, missing model: 4xx/503 before queueing
+    plan = service().plan(req, text_param="text")  # bad language / voice, missing model: 4xx/503 before queueing
     job = submit(SPEECH_KIND, {"request": _plan_params(plan.request), "format": "wav"}, lane=_lane(plan.request))
     b = backend()
     job = b.jobs.wait(job.id, b.settings.job_wait_seconds)

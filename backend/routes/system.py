@@ -47,9 +47,14 @@ def diagnostics_route():
 @doc(summary="Models this server offers (OpenAI format)", tags=["system"])
 def list_models():
     created = int(backend().started_at)
-    return ok({"object": "list", "data": [
-        {"id": m["id"], "object": "model", "created": created, "owned_by": "enfoads",
-         "family": m.get("family"), "available": m.get("available", True)} for m in backend().models]})
+    data = [{"id": m["id"], "object": "model", "created": created, "owned_by": "enfoads",
+             "family": m.get("family"), "available": m.get("available", True)} for m in backend().models]
+    tts = getattr(backend(), "tts", None)
+    if tts is not None:  # OpenAI's TTS names, and the model each means here now
+        data += [{"id": alias, "object": "model", "created": created, "owned_by": "enfoads", "family": "tts",
+                  "alias_of": target, "available": target is not None and tts.engines[target].available()}
+                 for alias, target in tts.model_aliases().items()]
+    return ok({"object": "list", "data": data})
 
 
 @bp.get("/openapi.json")

@@ -38,7 +38,8 @@ class SpeechParams(BaseModel):
     """Seed 004's parameters, shared by /tts and /v1/audio/speech."""
 
     model_config = ConfigDict(extra="forbid")
-    language: str | None = Field(None, description="ISO 639-1 code; default es")
+    language: str | None = Field(None, description="ISO 639-1 code, or a Spanish regional tag (es-MX, es-419, "
+                                                   "es-AR, ...); default: the server's (es)")
     temperature: float = Field(0.8, ge=0, le=1.5)
     exaggeration: float = Field(0.5, ge=0.25, le=2.0, description="emotion intensity; 0.5 is Chatterbox's neutral")
     cfg_weight: float = Field(0.5, ge=0.2, le=1.0)
@@ -50,7 +51,8 @@ class SpeechParams(BaseModel):
 
 class TtsBody(SpeechParams):
     text: str = Field(..., description="what to say")
-    model: str | None = None
+    model: str | None = Field(None, description="a TTS model id (GET /v1/audio/models); default: the best one "
+                                                "present for the language")
     voice: str | None = Field(None, description="voice id (GET /v1/audio/voices); default: built-in voice")
     predefined_voice_id: str | None = Field(None, description="alias of voice (seed 004)")
     voice_mode: Literal["predefined", "clone"] | None = None
@@ -60,10 +62,13 @@ class TtsBody(SpeechParams):
 
 
 class OpenAISpeechBody(SpeechParams):
-    model: str = "chatterbox-multilingual"
+    model: str | None = Field(None, description="a TTS model id, or tts-1 / tts-1-hd / gpt-4o-mini-tts "
+                                                "(the server's default)")
     input: str
-    voice: str = "alloy"
-    instructions: str | None = None  # accepted for compatibility; Chatterbox takes no instructions
+    voice: str = Field("alloy", description="a voice id; OpenAI's names are predefined voices of that name if "
+                                            "placed, else the model's built-in voice")
+    instructions: str | None = Field(None, description="accepted and ignored (reported in X-TTS-Warning): "
+                                                       "these models take no style instructions")
     response_format: Format = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] | None = None
@@ -98,7 +103,8 @@ def make_handlers(svc: TtsService):
         (ctx.output_dir / name).write_bytes(encode_audio(samples, plan.sample_rate, fmt))
         return {"file": name, "engine": plan.engine.name, "routed_from": plan.routed_from,
                 "sample_rate": plan.sample_rate, "seconds": round(samples.size / plan.sample_rate, 3),
-                "chunks": len(plan.chunks), "format": fmt}
+                "chunks": len(plan.chunks), "format": fmt, "language": plan.request.language,
+                "warnings": params.get("warnings", [])}
 
     def stream(params: dict, ctx) -> dict:
         with _streams_lock:
@@ -120,10 +126,12 @@ def make_handlers(svc: TtsService):
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _engine_headers(engine: str, routed_from: str | None, rate: int) -> dict:
+def _engine_headers(engine: str, routed_from: str | None, rate: int, warnings=()) -> dict:
     headers = {"X-TTS-Engine": engine, "X-Sample-Rate": str(rate)}
     if routed_from:
         headers["X-TTS-Routed-From"] = routed_from
+    if warnings:
+        headers["X-TTS-Warning"] = "; ".join(warnings)
     return headers
 
 
@@ -135,10 +143,10 @@ def _wav_stream_header(rate: int) -> bytes:
             + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
 
-def _start_stream(req: SpeechRequest):
+def _start_stream(req: SpeechRequest, text_param: str):
     """Check the request now (errors as plain 4xx), then run it as a job feeding a queue."""
     svc = service()
-    plan = svc.plan(req)
+    plan = svc.plan(req, text_param=text_param)
     out: queue.Queue = queue.Queue()
     # The queue is registered before the job exists: the worker may start it at once.
     stream_id = uuid.uuid4().hex
@@ -177,11 +185,12 @@ def _drain(job, out: queue.Queue, stream_id: str):
             _streams.pop(stream_id, None)
 
 
-def _audio_stream_response(req: SpeechRequest, fmt: str, *, sse: bool = False):
+def _audio_stream_response(req: SpeechRequest, fmt: str, *, sse: bool = False, text_param: str = "input",
+                           warnings: tuple[str, ...] = ()):
     if not sse and fmt not in STREAM_FORMATS:
         raise ApiError(400, f"streaming audio supports {', '.join(STREAM_FORMATS)}; got {fmt!r}",
                        param="response_format", code="unsupported_stream_format")
-    plan, job, out, stream_id = _start_stream(req)
+    plan, job, out, stream_id = _start_stream(req, text_param)
     b = backend()
     rate = plan.sample_rate
 
@@ -200,7 +209,11 @@ def _audio_stream_response(req: SpeechRequest, fmt: str, *, sse: bool = False):
                 else:
                     yield data
             if sse:
-                yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': {'input_tokens': len(req.text), 'output_tokens': 0, 'total_tokens': len(req.text)}})}\n\n".encode()
+                done = {"type": "speech.audio.done", "usage": {"input_tokens": len(req.text), "output_tokens": 0,
+                                                                "total_tokens": len(req.text)}}
+                if warnings:
+                    done["warnings"] = list(warnings)
+                yield f"data: {json.dumps(done)}\n\n".encode()
         except ApiError as exc:  # the job failed after the headers left: say so in-band and stop
             log.warning("stream %s failed: %s", job.id[:8], exc.message)
             if sse:
@@ -210,7 +223,7 @@ def _audio_stream_response(req: SpeechRequest, fmt: str, *, sse: bool = False):
             raise
 
     mimetype = "text/event-stream" if sse else audio_mime(fmt)
-    headers = {**_engine_headers(plan.engine.name, plan.routed_from, rate), "X-Job-Id": job.id,
+    headers = {**_engine_headers(plan.engine.name, plan.routed_from, rate, warnings), "X-Job-Id": job.id,
                "Cache-Control": "no-cache"}
     return Response(stream_with_context(generate()), mimetype=mimetype, headers=headers)
 
@@ -218,16 +231,16 @@ def _audio_stream_response(req: SpeechRequest, fmt: str, *, sse: bool = False):
 def _render_audio(job):
     result = job.result
     data = (backend().settings.outputs_dir / job.id / result["file"]).read_bytes()
-    headers = {**_engine_headers(result["engine"], result.get("routed_from"), result["sample_rate"]),
+    headers = {**_engine_headers(result["engine"], result.get("routed_from"), result["sample_rate"],
+                                 result.get("warnings") or ()),
                "X-Job-Id": job.id, "X-Audio-Seconds": str(result["seconds"]), "X-TTS-Chunks": str(result["chunks"])}
     return Response(data, mimetype=audio_mime(result["format"]), headers=headers)
 
 
 def _speech_request(body: SpeechParams, *, text: str, model: str | None, voice: str | None,
                     speed: float = 1.0) -> SpeechRequest:
-    s = backend().settings
-    return SpeechRequest(text=text, model=model or s.tts_default_model, voice=voice,
-                         language=body.language or s.tts_default_language, temperature=body.temperature,
+    # no model (or an OpenAI alias) and no language: the service applies the server's defaults
+    return SpeechRequest(text=text, model=model, voice=voice, language=body.language, temperature=body.temperature,
                          exaggeration=body.exaggeration, cfg_weight=body.cfg_weight,
                          speed_factor=body.speed_factor * speed, seed=body.seed, split_text=body.split_text,
                          chunk_size=body.chunk_size)
@@ -237,10 +250,10 @@ def _lane(req: SpeechRequest) -> str:
     return INTERACTIVE if len(req.text) <= backend().settings.interactive_max_tts_chars else BATCH
 
 
-def _respond(req: SpeechRequest, fmt: str):
-    plan = service().plan(req)  # bad text / voice / language answer 400/404 before queueing
-    return run_job(SPEECH_KIND, {"request": _plan_params(plan.request), "format": fmt}, _render_audio,
-                   lane=_lane(plan.request))
+def _respond(req: SpeechRequest, fmt: str, *, text_param: str = "input", warnings: tuple[str, ...] = ()):
+    plan = service().plan(req, text_param=text_param)  # bad text / voice / language: 400/404 before queueing
+    return run_job(SPEECH_KIND, {"request": _plan_params(plan.request), "format": fmt, "warnings": list(warnings)},
+                   _render_audio, lane=_lane(plan.request))
 
 
 # --- routes ----------------------------------------------------------------------------------
@@ -258,8 +271,8 @@ def tts():
             raise ApiError(400, "reference_audio_filename: clone mode needs a cloned voice id", param="reference_audio_filename")
     req = _speech_request(body, text=body.text, model=body.model, voice=voice)
     if body.stream:
-        return _audio_stream_response(req, body.output_format)
-    return _respond(req, body.output_format)
+        return _audio_stream_response(req, body.output_format, text_param="text")
+    return _respond(req, body.output_format, text_param="text")
 
 
 @bp.post("/v1/audio/speech")
@@ -270,11 +283,14 @@ def openai_speech():
     req = _speech_request(body, text=body.input, model=body.model, voice=body.voice, speed=body.speed)
     if body.speed * body.speed_factor > 4.0 or body.speed * body.speed_factor < 0.25:
         raise ApiError(400, "speed: speed x speed_factor must stay within 0.25-4", param="speed")
+    warnings = ()
+    if body.instructions:
+        warnings = ("instructions ignored: this server's TTS models take no style instructions",)
     if body.stream_format == "sse":
-        return _audio_stream_response(req, body.response_format, sse=True)
+        return _audio_stream_response(req, body.response_format, sse=True, warnings=warnings)
     if body.stream_format == "audio":
-        return _audio_stream_response(req, body.response_format)
-    return _respond(req, body.response_format)
+        return _audio_stream_response(req, body.response_format, warnings=warnings)
+    return _respond(req, body.response_format, warnings=warnings)
 
 
 @bp.get("/v1/audio/voices")
@@ -306,9 +322,13 @@ def delete_voice(voice_id: str):
 
 
 @bp.get("/v1/audio/models")
-@doc(summary="TTS models, their languages and whether they are on this machine", tags=["tts"])
+@doc(summary="TTS models (languages, on this machine or not, which is the default) and the OpenAI names, "
+             "with the model each resolves to", tags=["tts"])
 def audio_models():
-    return ok({"object": "list", "data": [{"object": "model", **m} for m in service().models()]})
+    svc = service()
+    aliases = [{"object": "model", "id": alias, "alias_of": target, "family": "tts"}
+               for alias, target in svc.model_aliases().items()]
+    return ok({"object": "list", "data": [{"object": "model", **m} for m in svc.models()] + aliases})
 
 
 # --- Socket.IO ---------------------------------------------------------------------------------
@@ -334,7 +354,7 @@ class TtsNamespace(AuthedNamespace):
                     body = TtsBody.model_validate({k: v for k, v in data.items() if k != "request_id"})
                     req = _speech_request(body, text=body.text, model=body.model,
                                           voice=body.voice or body.predefined_voice_id)
-                    plan, job, out, stream_id = _start_stream(req)
+                    plan, job, out, stream_id = _start_stream(req, "text")
                     for kind, value in _drain(job, out, stream_id):
                         if kind == "chunk":
                             self._send("audio", {"request_id": data.get("request_id"), "index": value.index,
@@ -371,7 +391,8 @@ def install(app, b) -> None:
                            default_voice=s.tts_pocket_voice)
     svc = TtsService(b.model_env, voices_dir=s.data_dir / "voices", max_chars=s.tts_max_chars,
                      clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai,
-                     pocket=pocket)
+                     pocket=pocket, default_model=s.tts_default_model or None,
+                     default_language=s.tts_default_language)
     svc.register_models()
     app.extensions["enfoads.tts"] = svc
     b.tts = svc

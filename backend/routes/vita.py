@@ -54,7 +54,9 @@ def speech_ports(backend):
     """The assistant's ears and voice: the whisper and TTS services installed before it, if any."""
     transcriber = WhisperTranscriber(backend.whisper) if backend.whisper is not None else None
     s = backend.settings
-    speaker = TtsSpeaker(backend.tts, s.tts_default_model, s.vita_language) if backend.tts is not None else None
+    speaker = None
+    if backend.tts is not None:  # the server's default TTS model for the assistant's language
+        speaker = TtsSpeaker(backend.tts, backend.tts.default_model(s.vita_language), s.vita_language)
     return transcriber, speaker
 
 

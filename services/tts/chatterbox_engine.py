@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInput, ModelUnavailable
-from . import chatterbox_arch
+from ..errors import InvalidInput, ModelUnavailable, Unprocessable
+from . import chatterbox_arch, chatterbox_v3
 
 log = logging.getLogger("enfoads.tts.chatterbox")
 
@@ -23,10 +23,11 @@ MULTILINGUAL_LANGUAGES = ("ar", "da", "de", "el", "en", "es", "fi", "fr", "he", 
 CANGJIE_REPO = "ResembleAI/chatterbox"
 
 
-def _seed_cangjie_cache(folder: Path) -> None:
-    """The multilingual tokenizer fetches Cangjie5_TC.json with hf_hub_download(cache_dir=folder)
-    on every load; lay the copy that prefetch downloaded into that cache so no network is needed."""
-    src = folder / "Cangjie5_TC.json"
+def _seed_cangjie_cache(folder: Path, source: Path | None = None) -> None:
+    """The multilingual tokenizer fetches Cangjie5_TC.json with hf_hub_download(cache_dir=<the
+    tokenizer's folder>) on every load; lay the copy that prefetch downloaded (`source`, default the
+    folder's own) into that cache so no network is needed."""
+    src = source or folder / "Cangjie5_TC.json"
     if not src.is_file():
         return
     repo_dir = folder / ("models--" + CANGJIE_REPO.replace("/", "--"))
@@ -79,11 +80,22 @@ def _segmenter_from_models_dir() -> None:
         conv._enfoads_segmenter = True
 
 
-def load_chatterbox(kind: str, folder: Path, device: str, *, segmenter_dir: Path | None = None):
-    """The package's model object for `kind` (multilingual | en | turbo) from a local folder;
+def load_chatterbox(kind: str, folder: Path, device: str, *, spec: "ChatterboxSpec | None" = None,
+                    shared: Path | None = None, segmenter_dir: Path | None = None):
+    """The package's model object for `kind` (multilingual | en | turbo) from a local folder; a V3
+    spec loads through `chatterbox_v3` (its T3 and S3Gen files, `shared` for what a pack lacks);
     `segmenter_dir`: the multilingual tokenizer's Chinese word segmenter (None: none)."""
     folder = Path(folder)
     with chatterbox_arch.overrides(folder):
+        if kind == "multilingual" and spec is not None and spec.v3:
+            _segmenter_from_models_dir()
+            token = _segmenter_dir.set(segmenter_dir)
+            try:
+                return chatterbox_v3.load_multilingual(folder, device, t3_file=spec.t3_file,
+                                                       s3gen_file=spec.s3gen_file, shared=shared,
+                                                       seed_cangjie=_seed_cangjie_cache)
+            finally:
+                _segmenter_dir.reset(token)
         if kind == "multilingual":
             from chatterbox.mtl_tts import ChatterboxMultilingualTTS
 
@@ -91,9 +103,11 @@ def load_chatterbox(kind: str, folder: Path, device: str, *, segmenter_dir: Path
             _segmenter_from_models_dir()
             token = _segmenter_dir.set(segmenter_dir)
             try:
-                return ChatterboxMultilingualTTS.from_local(folder, device)
+                tts = ChatterboxMultilingualTTS.from_local(folder, device)
             finally:
                 _segmenter_dir.reset(token)
+            chatterbox_v3.refuse_empty_speech(tts.s3gen, drop_final_token=False)
+            return tts
         if kind == "en":
             from chatterbox.tts import ChatterboxTTS
 
@@ -124,11 +138,21 @@ class ChatterboxSpec:
     kind: str  # multilingual | en | turbo
     languages: tuple[str, ...]
     description: str
+    v3: bool = False  # the V3 inference path (chatterbox_v3)
+    t3_file: str | None = None  # V3: the T3 checkpoint's name; None = the folder's one t3_*.safetensors
+    s3gen_file: str = "s3gen.pt"
+    shared: str | None = None  # manifest key of the files a language pack takes from the base repo
 
 
 CHATTERBOX_MODELS = (
+    ChatterboxSpec("chatterbox-es-latam", "multilingual", ("es",),
+                   "Chatterbox Multilingual V3, Latin-American Spanish fine-tune (es-MX / LatAm, voice cloning)",
+                   v3=True, t3_file=None, s3gen_file="s3gen_v3.pt", shared="chatterbox-v3-shared"),
+    ChatterboxSpec("chatterbox-multilingual-v3", "multilingual", MULTILINGUAL_LANGUAGES,
+                   "Chatterbox Multilingual V3 (23 languages, voice cloning)", v3=True,
+                   t3_file="t3_mtl23ls_v3.safetensors"),
     ChatterboxSpec("chatterbox-multilingual", "multilingual", MULTILINGUAL_LANGUAGES,
-                   "Chatterbox multilingual (23 languages, voice cloning)"),
+                   "Chatterbox Multilingual V2 (23 languages, voice cloning)"),
     ChatterboxSpec("chatterbox-en", "en", ("en",), "Chatterbox English (voice cloning)"),
     ChatterboxSpec("chatterbox-turbo", "turbo", ("en",), "Chatterbox Turbo English (faster)"),
 )
@@ -144,6 +168,7 @@ class ChatterboxEngine:
         self.spec = spec
         self.name = spec.model_id
         self.languages = spec.languages
+        self.model_keys = (spec.model_id,) + ((spec.shared,) if spec.shared else ())
         self.env = model_env
         self._conds: dict[tuple, Any] = {}  # voice key -> Conditionals (on CPU)
         self._lock = threading.Lock()
@@ -155,18 +180,19 @@ class ChatterboxEngine:
 
     def _load(self, device: str):
         folder = self.env.locate(self.name)
+        shared = self.env.locate(self.spec.shared) if self.spec.shared else None
         log.info("loading %s from %s on %s", self.name, folder, device)
         segmenter = None
         if self.spec.kind == "multilingual" and self.env.present(PKUSEG_KEY):
             segmenter = self.env.locate(PKUSEG_KEY)
-        tts = load_chatterbox(self.spec.kind, folder, device, segmenter_dir=segmenter)
+        tts = load_chatterbox(self.spec.kind, folder, device, spec=self.spec, shared=shared, segmenter_dir=segmenter)
         # Chatterbox runs fp32 everywhere: on a T4 bf16 is emulated (slower) and its fp16 path is
         # not what upstream tests; the model stays fp32 whatever the global dtype policy says.
         self._builtin = tts.conds
         return tts
 
     def available(self) -> bool:
-        return self.env.present(self.name)
+        return all(self.env.present(key) for key in self.model_keys)
 
     # --- synthesis -------------------------------------------------------------------------
     def _conditionals(self, tts, voice, exaggeration: float):
@@ -189,12 +215,23 @@ class ChatterboxEngine:
         with self._lock:
             tts.conds = self._conditionals(tts, voice, exaggeration).to(tts.device)
             kwargs = dict(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=temperature)
-            if self.spec.kind == "multilingual":
-                wav = tts.generate(text, language_id=language, **kwargs)
+            if self.spec.kind == "multilingual" and self.spec.v3:
+                wav = tts.generate(text, language_id=language, repetition_penalty=chatterbox_v3.V3_REPETITION_PENALTY,
+                                   **kwargs)
+            elif self.spec.kind == "multilingual":
+                kwargs["repetition_penalty"] = chatterbox_v3.V2_REPETITION_PENALTY
+                if chatterbox_v3.analyzer_can_follow(tts, text, language):
+                    wav = tts.generate(text, language_id=language, **kwargs)
+                else:
+                    with chatterbox_v3.analyzer_off(tts.t3):
+                        wav = tts.generate(text, language_id=language, **kwargs)
             elif self.spec.kind == "turbo":
                 wav = tts.generate(text, temperature=temperature)
             else:
                 wav = tts.generate(text, **kwargs)
         if isinstance(wav, torch.Tensor):
             wav = wav.detach().float().cpu().numpy()
-        return np.asarray(wav, dtype=np.float32).reshape(-1)
+        wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+        if wav.size == 0 or not np.isfinite(wav).all():
+            raise Unprocessable(f"{self.name} produced no audio for this text; write a few words", code="no_audio")
+        return wav

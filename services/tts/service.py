@@ -7,6 +7,7 @@ same chunks with a short crossfade.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,27 +17,49 @@ import numpy as np
 
 from prefetch import manifest
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unprocessable
 from . import audio, text as text_mod
 from .chatterbox_engine import CHATTERBOX_MODELS, ChatterboxEngine
 from .kyutai_engine import KyutaiEngine, KyutaiOptions
-from .pocket_engine import PocketEngine, PocketOptions
+from .pocket_engine import LANGUAGES as POCKET_LANGUAGES, PocketEngine, PocketOptions
 from .voices import VoiceStore
 
 log = logging.getLogger("enfoads.tts")
 
-DEFAULT_MODEL = "chatterbox-multilingual"
-MULTILINGUAL = "chatterbox-multilingual"
 POCKET = "kyutai-pocket-tts"
 MAX_CHUNK = 500
+
+# Who speaks a language, best first: the first one on this machine speaks when a request names no
+# model (or an OpenAI alias), or names one that cannot speak the language. An engine that should
+# be preferred for a language registers here; FAMILY_SPEAKERS is tried first for a request that
+# named a model of that family (so a family's own engine keeps a request when it can), e.g.
+# {"kyutai": {"es": ("kyutai-pocket-tts",)}}.
+SPEAKERS: dict[str, tuple[str, ...]] = {
+    "es": ("chatterbox-es-latam", "chatterbox-multilingual-v3", "chatterbox-multilingual"),
+}
+ANY_LANGUAGE: tuple[str, ...] = ("chatterbox-multilingual-v3", "chatterbox-multilingual")
+FAMILY_SPEAKERS: dict[str, dict[str, tuple[str, ...]]] = {
+    # Spanish (or another Pocket language) asked of Kyutai's DSM (en/fr): Kyutai stays Kyutai.
+    "kyutai": {lang: (POCKET,) for lang in POCKET_LANGUAGES},
+}
+# Languages whose regional tags (es-MX, es-419, ...) are spoken: by the same models as the language.
+REGIONAL = {"es"}
+_LANGUAGE_TAG = re.compile(r"^([a-z]{2,3})(?:[-_]([a-z]{2}|[0-9]{3}))?$", re.IGNORECASE)
+# OpenAI's model names: they mean this server's default TTS model.
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+_OPENAI_MODEL = re.compile(r"^gpt-4o.*-tts(-\d{4}-\d{2}-\d{2})?$")
+
+
+def is_openai_alias(name: str | None) -> bool:
+    return bool(name) and (name in OPENAI_MODELS or bool(_OPENAI_MODEL.match(name)))
 
 
 @dataclass(frozen=True)
 class SpeechRequest:
     text: str
-    model: str = DEFAULT_MODEL
+    model: str | None = None  # None (or an OpenAI alias): the server's default
     voice: str | None = None
-    language: str = "es"
+    language: str | None = None  # None: the server's default; regional tags (es-MX) accepted
     temperature: float = 0.8
     exaggeration: float = 0.5
     cfg_weight: float = 0.5
@@ -75,9 +98,12 @@ Progress = Callable[[float, str], None]
 class TtsService:
     def __init__(self, model_env, *, voices_dir: Path, max_chars: int = 5000, clip_min_s: float = 5.0,
                  clip_max_s: float = 30.0, engines: dict | None = None, kyutai: KyutaiOptions | None = None,
-                 pocket: PocketOptions | None = None):
+                 pocket: PocketOptions | None = None, default_model: str | None = None,
+                 default_language: str = "es"):
         self.env = model_env
         self.max_chars = max_chars
+        self.default_model_setting = default_model or None  # None: the best one present for the language
+        self.default_language = default_language
         self.voices = VoiceStore(voices_dir, min_seconds=clip_min_s, max_seconds=clip_max_s)
         if engines is None:
             engines = {spec.model_id: ChatterboxEngine(spec, model_env) for spec in CHATTERBOX_MODELS}
@@ -109,48 +135,94 @@ class TtsService:
         return self.voices.get(voice_id)
 
     def models(self) -> list[dict]:
+        default = self.default_model()
         return [{"id": name, "languages": list(e.languages), "sample_rate": e.sample_rate,
-                 "available": e.available()} for name, e in self.engines.items()]
+                 "available": e.available(), "default": name == default} for name, e in self.engines.items()]
+
+    # --- routing -------------------------------------------------------------------------------
+    def speakers(self, language: str, family: str | None = None) -> list[str]:
+        """Registered engines that speak `language`, best first."""
+        order = [*FAMILY_SPEAKERS.get(family or "", {}).get(language, ()), *SPEAKERS.get(language, ()),
+                 *ANY_LANGUAGE, *self.engines]
+        seen: list[str] = []
+        for name in order:
+            if name in self.engines and name not in seen and language in self.engines[name].languages:
+                seen.append(name)
+        return seen
+
+    def best_model(self, language: str, family: str | None = None) -> str | None:
+        """The best speaker of `language` on this machine; if none is, the best one to download."""
+        names = self.speakers(language, family)
+        return next((n for n in names if self.engines[n].available()), names[0] if names else None)
+
+    def default_model(self, language: str | None = None) -> str | None:
+        """What a request without a model (or with an OpenAI alias) asks for."""
+        return self.default_model_setting or self.best_model(self._language(language)[0])
+
+    def model_aliases(self) -> dict[str, str | None]:
+        default = self.default_model()
+        return {alias: default for alias in OPENAI_MODELS}
+
+    def _language(self, tag: str | None) -> tuple[str, str | None]:
+        """(language, region) of a tag such as es, es-MX, es-419, es_mx; 400 naming the field."""
+        tag = (tag or self.default_language or "").strip()
+        supported = sorted({lang for e in self.engines.values() for lang in e.languages})
+        m = _LANGUAGE_TAG.match(tag)
+        if not m or m.group(1).lower() not in supported:
+            raise InvalidInput(f"language: unsupported language {tag!r}; supported: {', '.join(supported)} "
+                               f"(and Spanish regional tags such as es-MX, es-419)", param="language",
+                               code="unsupported_language")
+        language, region = m.group(1).lower(), m.group(2)
+        if region and language not in REGIONAL:
+            raise InvalidInput(f"language: regional variants of {language!r} are not supported ({tag!r}); "
+                               f"send {language!r}", param="language", code="unsupported_region")
+        return language, region.upper() if region else None
 
     # --- planning ------------------------------------------------------------------------------
-    def plan(self, req: SpeechRequest) -> Plan:
+    def plan(self, req: SpeechRequest, *, text_param: str = "input") -> Plan:
+        """Check the request and choose who speaks it. `text_param` names the text's field in
+        errors (the caller's own field name: `input` for OpenAI's body, `text` for /tts)."""
         text = (req.text or "").strip()
         if not text:
-            raise InvalidInput("input: the text is empty", param="input", code="empty_text")
+            raise InvalidInput(f"{text_param}: the text is empty", param=text_param, code="empty_text")
         if len(text) > self.max_chars:
-            raise InvalidInput(f"input: the text has {len(text)} characters; the maximum is {self.max_chars}",
-                               param="input", code="text_too_long")
+            raise InvalidInput(f"{text_param}: the text has {len(text)} characters; the maximum is {self.max_chars}",
+                               param=text_param, code="text_too_long")
         if not req.split_text and len(text) > MAX_CHUNK:
-            raise InvalidInput(f"input: without split_text the text may have at most {MAX_CHUNK} characters "
-                               f"(it has {len(text)}); turn split_text on", param="input", code="text_too_long")
-        engine = self.engines.get(req.model)
-        if engine is None:
-            raise InvalidInput(f"model: unknown TTS model {req.model!r}; use one of {', '.join(self.engines)}",
-                               param="model", code="unknown_model")
-        language = (req.language or "").lower()
-        all_languages = sorted({lang for e in self.engines.values() for lang in e.languages})
-        if language not in all_languages:
-            raise InvalidInput(f"language: unsupported language {req.language!r}; supported: "
-                               f"{', '.join(all_languages)}", param="language", code="unsupported_language")
+            raise InvalidInput(f"{text_param}: without split_text the text may have at most {MAX_CHUNK} characters "
+                               f"(it has {len(text)}); turn split_text on", param=text_param, code="text_too_long")
+        if not any(ch.isalnum() for ch in text):
+            raise Unprocessable(f"{text_param}: the text has no letters or digits to speak", param=text_param,
+                                code="no_audio")
+        language, _region = self._language(req.language)
+        asked = None if req.model is None or is_openai_alias(req.model) else req.model
+        if asked is not None and asked not in self.engines:
+            raise InvalidInput(f"model: unknown TTS model {req.model!r}; use one of {', '.join(self.engines)} "
+                               f"(or {', '.join(OPENAI_MODELS)}: the server's default)", param="model",
+                               code="unknown_model")
+        asked = asked or self.default_model_setting
         routed_from = None
-        if language not in engine.languages:
-            # e.g. Spanish asked of an English/French-only model: the multilingual model speaks it;
-            # asked of Kyutai's DSM, Kyutai's Pocket TTS does (Kyutai stays Kyutai).
-            pocket = self.engines.get(POCKET)
-            kyutai_asked = getattr(engine, "family", "") == "kyutai"
-            fallback = pocket if kyutai_asked and pocket is not None and language in pocket.languages \
-                else self.engines.get(MULTILINGUAL)
-            if fallback is None or language not in fallback.languages:
-                raise InvalidInput(f"language: {req.model} does not speak {language!r} "
-                                   f"(it speaks {', '.join(engine.languages)})", param="language",
+        if asked is None:
+            name = self.best_model(language)
+            if name is None:
+                raise InvalidInput(f"language: no TTS model speaks {language!r}", param="language",
                                    code="unsupported_language")
-            routed_from, engine = req.model, fallback
-            own = self.engines[req.model]
-            if hasattr(own, "voices") and req.voice in own.voices():
-                # a voice only the asked model has: the fallback speaks with its built-in voice
-                log.info("%s: voice %s is %s's own; %s speaks with its built-in voice", language, req.voice,
-                         req.model, engine.name)
-                req = replace(req, voice=None)
+            engine = self.engines[name]
+        else:
+            engine = self.engines[asked]
+            if language not in engine.languages:
+                # e.g. Spanish asked of an English-only model: the best speaker of Spanish here speaks it
+                name = self.best_model(language, getattr(engine, "family", None))
+                if name is None:
+                    raise InvalidInput(f"language: {asked} does not speak {language!r} (it speaks "
+                                       f"{', '.join(engine.languages)})", param="language",
+                                       code="unsupported_language")
+                routed_from, own, engine = asked, engine, self.engines[name]
+                if hasattr(own, "voices") and req.voice in own.voices():
+                    # a voice only the asked model has: the fallback speaks with its built-in voice
+                    log.info("%s: voice %s is %s's own; %s speaks with its built-in voice", language, req.voice,
+                             asked, engine.name)
+                    req = replace(req, voice=None)
         if not engine.available():
             for key in getattr(engine, "model_keys", (engine.name,)):
                 self.env.locate(key)  # raises ModelUnavailable with the prefetch command
@@ -191,8 +263,8 @@ class TtsService:
         pieces = [c.samples for c in self.stream(plan, progress)]
         return audio.crossfade_join(pieces, plan.sample_rate)
 
-    def speak(self, text: str, *, voice: str | None = None, language: str = "es",
-              model: str = DEFAULT_MODEL, **params) -> Iterator[tuple[np.ndarray, int]]:
+    def speak(self, text: str, *, voice: str | None = None, language: str | None = None,
+              model: str | None = None, **params) -> Iterator[tuple[np.ndarray, int]]:
         """For in-process callers (the realtime assistant): (float32 samples, sample rate) per chunk."""
         plan = self.plan(SpeechRequest(text=text, voice=voice, language=language, model=model, **params))
         for chunk in self.stream(plan):

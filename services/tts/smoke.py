@@ -7,6 +7,12 @@ projections), each speech position then maps to one fixed speech token below 656
 `RIGGED_TOKENS` on the stop token wins (or, where the multilingual alignment analyzer suppresses
 it, a repeated token that makes the analyzer force the stop). Everything after T3 stays random.
 
+Chatterbox Multilingual V3 and the Latin-American Spanish pack: the same tiny modules in their
+layouts (`chatterbox-multilingual-v3`: V2's file set with `t3_mtl23ls_v3.safetensors`;
+`chatterbox-es-latam`: `t3_es_mx_latam.safetensors`, `s3gen_v3.pt` without the buffers S3Gen
+computes (as the published file), its tokenizer; `chatterbox-v3-shared`: ve.pt, conds.pt,
+Cangjie5_TC.json). Same weights as V2, so only the inference path tells them apart.
+
 Kyutai DSM TTS: see `kyutai_smoke`; Kyutai Pocket TTS: `pocket_smoke`.
 
 spacy-pkuseg's Chinese segmenter (`spacy-pkuseg-ontonotes`): its two files (`features.msgpack`,
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -147,11 +154,38 @@ def build_pkuseg(folder: Path) -> Path:
     return folder
 
 
+def build_v3_layouts(v2: Path, models_dir: Path) -> None:
+    """The V3 and es-latam folders from a built V2 folder (see the module docstring)."""
+    import torch
+
+    from .chatterbox_v3 import COMPUTED_S3GEN_BUFFERS
+
+    def copy(src: str, folder: Path, dst: str | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(v2 / src, folder / (dst or src))
+
+    tokenizer = "grapheme_mtl_merged_expanded_v1.json"
+    v3 = models_dir / "chatterbox-multilingual-v3"
+    for name in ("ve.pt", "s3gen.pt", tokenizer, "conds.pt", "Cangjie5_TC.json", chatterbox_arch.ARCH_FILE):
+        copy(name, v3)
+    copy("t3_mtl23ls_v2.safetensors", v3, "t3_mtl23ls_v3.safetensors")
+    pack = models_dir / "chatterbox-es-latam"
+    copy("t3_mtl23ls_v2.safetensors", pack, "t3_es_mx_latam.safetensors")
+    copy(tokenizer, pack)
+    copy(chatterbox_arch.ARCH_FILE, pack)
+    state = torch.load(v2 / "s3gen.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in COMPUTED_S3GEN_BUFFERS}, pack / "s3gen_v3.pt")
+    shared = models_dir / "chatterbox-v3-shared"
+    for name in ("ve.pt", "conds.pt", "Cangjie5_TC.json"):
+        copy(name, shared)
+
+
 @smoke_builder("tts")
 def build(models_dir: Path) -> None:
     models_dir = Path(models_dir)
     build_pkuseg(models_dir / "spacy-pkuseg-ontonotes")
     build_chatterbox(models_dir / "chatterbox-multilingual", multilingual=True)
+    build_v3_layouts(models_dir / "chatterbox-multilingual", models_dir)
     build_chatterbox(models_dir / "chatterbox-en", multilingual=False)
     build_kyutai(models_dir)
     build_pocket(models_dir)

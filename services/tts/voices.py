@@ -25,7 +25,8 @@ CLIP_RATE = 24000
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a"}
 DEFAULT_VOICE = "default"
 # OpenAI voice name -> predefined voice id (the model's own built-in voice unless a clip exists).
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
+                 "marin", "cedar")
 
 
 @dataclass(frozen=True)

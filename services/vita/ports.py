@@ -51,12 +51,14 @@ class TtsSpeaker:
         self.model = model
         self.fallback_language = fallback_language
         self.vram_names = (model,)
-        self.languages = {lang for engine in tts_service.engines.values() for lang in engine.languages}
+
+    def languages(self) -> set[str]:
+        return {lang for engine in self.service.engines.values() if engine.available() for lang in engine.languages}
 
     def synthesize(self, text: str, language: str, voice: str | None) -> Iterator[tuple[np.ndarray, int]]:
-        # Whisper may detect a language no TTS engine speaks (or mishear one): answer in the
-        # assistant's own language rather than not at all.
-        if (language or "").lower() not in self.languages:
+        # Whisper may detect a language no TTS engine on this machine speaks (or mishear one):
+        # answer in the assistant's own language rather than not at all.
+        if (language or "").lower() not in self.languages():
             language = self.fallback_language
         for audio, rate in self.service.speak(text, voice=voice, language=language, model=self.model):
             yield np.asarray(audio, dtype=np.float32).reshape(-1), int(rate)
