@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest as mf
+from .locate import prefetch_command
 
 # Where an unpacked url model's files go, under <models_dir>/<key>/. buffalo_l: the folder
 # `FaceAnalysis(name="buffalo_l", root=<models_dir>/buffalo_l)` reads (services/face/models.py
@@ -259,12 +260,12 @@ def resolve_hf_token() -> tuple[str | None, str]:
     return None, "none"
 
 
-def retry_hint(spec: mf.ModelSpec) -> str:
-    return (f"retry with `python -m prefetch {spec.key}` (files already finished are kept and a "
-            f"partial one resumes)")
+def retry_hint(spec: mf.ModelSpec, models_dir: Path | None = None) -> str:
+    return (f"retry with `{prefetch_command(spec, profile='local', models_dir=models_dir)}` (files already "
+            f"finished are kept and a partial one resumes)")
 
 
-def explain(spec: mf.ModelSpec, exc: BaseException) -> str:
+def explain(spec: mf.ModelSpec, exc: BaseException, models_dir: Path | None = None) -> str:
     """Which model, why, how to retry: one paragraph a user can act on."""
     kind = type(exc).__name__
     text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else kind
@@ -290,7 +291,7 @@ def explain(spec: mf.ModelSpec, exc: BaseException) -> str:
         why = "the disk filled up during the download"
     else:
         why = f"{kind}: {text}"
-    return f"{spec.key} ({where}) failed: {why}. {retry_hint(spec)}."
+    return f"{spec.key} ({where}) failed: {why}. {retry_hint(spec, models_dir)}."
 
 
 def verify_hub_files(spec: mf.ModelSpec, snap: Path) -> None:
@@ -425,7 +426,7 @@ def download(items: list[PlanItem], *, models_dir: Path, cache_dir: Path | None 
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            message = explain(spec, exc)
+            message = explain(spec, exc, models_dir)
             log(message)
             outcomes.append(Outcome(spec.key, spec.size_bytes, time.monotonic() - start, "failed", message))
             continue

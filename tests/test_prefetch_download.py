@@ -202,7 +202,7 @@ def test_a_failed_download_names_the_model_why_and_how_to_retry(dirs, monkeypatc
     assert code == cli.EXIT_FAILED == 1
     assert "whisper-small (Systran/faster-whisper-small@536b066) failed: the repository" in out
     assert "whisper-base" in out and "the disk filled up" in out
-    assert "retry with `python -m prefetch whisper-small`" in out
+    assert f"retry with `python -m prefetch whisper-small --models-dir {models.resolve()}`" in out
 
 
 def test_a_file_that_is_not_the_pinned_one_is_refused(dirs):
@@ -287,7 +287,7 @@ def test_url_download_with_a_wrong_checksum_fails_and_keeps_nothing(zip_server, 
                           log=lambda m: None)[0]
     assert outcome.result == "failed"
     assert "buffalo_l" in outcome.message and "expected " + "0" * 64 in outcome.message
-    assert "retry with `python -m prefetch buffalo_l`" in outcome.message
+    assert f"retry with `python -m prefetch buffalo_l --models-dir {models.resolve()}`" in outcome.message
     assert not (models / "buffalo_l").exists() and not list((models / ".downloads").iterdir())
 
 
@@ -317,3 +317,17 @@ def test_one_model_id_downloads_that_model_and_the_models_it_requires(dirs, monk
     capsys.readouterr()
     assert cli.main(["--check", "chatterbox-es-latam", "--models-dir", str(models), "--cache-dir", str(cache)]) == 0
     assert "all 2 models present" in capsys.readouterr().out
+
+
+def test_a_hint_in_a_notebook_kernel_is_a_line_to_paste_in_a_cell(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from prefetch.locate import prefetch_command
+
+    spec = mf.get("whisper-small")
+    assert prefetch_command(spec, profile="colab", models_dir=tmp_path) == \
+        f"python -m prefetch whisper-small --models-dir {tmp_path.resolve()}"
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert prefetch_command(spec, profile="colab", models_dir=tmp_path).startswith("!python -m prefetch whisper-small ")
+    assert prefetch_command(spec, profile="smoke") == "!python -m prefetch --smoke"

@@ -194,9 +194,12 @@ def test_a_missing_model_names_the_command_for_that_model(tmp_path, monkeypatch)
     try:
         r = post(srv, {"input": "Hola.", "model": "tts-1"})
         assert r.status_code == 503, r.text
-        assert "`python -m prefetch chatterbox-es-latam`" in r.json()["error"]["message"]
+        # exactly that model, into the folder this server reads (not ./data/models, not the family)
+        models_dir = (tmp_path / "no-models").resolve()
+        assert f"`python -m prefetch chatterbox-es-latam --models-dir {models_dir}`" in r.json()["error"]["message"]
         r = post(srv, {"input": "Bonjour.", "language": "fr", "model": "chatterbox-multilingual-v3"})
-        assert "`python -m prefetch chatterbox-multilingual-v3`" in r.json()["error"]["message"]
+        assert (f"`python -m prefetch chatterbox-multilingual-v3 --models-dir {models_dir}`"
+                in r.json()["error"]["message"])
     finally:
         srv.stop()
 

@@ -196,7 +196,7 @@ def kyutai_health():
     if not engine.available():
         env = backend().model_env
         missing = [k for k in engine.model_keys if not env.present(k)]
-        command = prefetch_command(env.profile)
+        command = prefetch_command(env.profile, env.models_dir)
         resp = jsonify({"status": "unavailable", "model": POCKET, "device": device,
                         "error": f"{POCKET} is not on this machine ({', '.join(missing)} missing); run `{command}`",
                         "fallback": True})

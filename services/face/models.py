@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefetch.locate import prefetch_command
 from prefetch.manifest import INSWAPPER_SHA256
 
 from ..errors import ModelUnavailable
@@ -166,7 +167,8 @@ def _how_to_provide(cfg: FaceConfig) -> str:
     sha = cfg.expected_inswapper_sha256
     return (f"InsightFace no longer publishes inswapper_128.onnx: put the file at "
             f"{Path(cfg.models_dir) / INSWAPPER / cfg.inswapper_filename}, or set ENFOADS_FACE_INSWAPPER_PATH to it, "
-            f"or run `python -m prefetch face` (fetches it from the mirror in the manifest into the Hugging Face "
+            f"or run `{prefetch_command(INSWAPPER, profile=cfg.profile, models_dir=cfg.models_dir)}` (fetches it "
+            f"from the mirror in the manifest into the Hugging Face "
             f"cache; ENFOADS_FACE_INSWAPPER_REPO / _FILENAME read another repo: `hf download {cfg.inswapper_repo} "
             f"{cfg.inswapper_filename}`)"
             + (f"; its sha256 must be {sha}" if sha else ""))

@@ -63,7 +63,8 @@ class ImageService:
         folder = self.env.locate(unet_key(steps))
         path = folder / UNET_FILES[steps]
         if not path.is_file():
-            command = prefetch_command(manifest.get(unet_key(steps)), self.env.profile)
+            command = prefetch_command(manifest.get(unet_key(steps)), profile=self.env.profile,
+                                       models_dir=self.env.models_dir)
             raise ModelUnavailable(f"model '{unet_key(steps)}' has no {UNET_FILES[steps]} in {folder}; run "
                                    f"`{command}`", code="model_unavailable")
         return path

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prefetch import locate
+
 from ..errors import InvalidInput, ModelUnavailable, NotFound
 from .voices import DEFAULT_VOICE, OPENAI_VOICES, check_id
 
@@ -67,8 +69,8 @@ class PocketVoice:
                 "languages": list(self.languages)}
 
 
-def prefetch_command(profile: str) -> str:
-    return "python -m prefetch --smoke" if profile == "smoke" else f"python -m prefetch {MODEL_KEY} {VOICES_KEY}"
+def prefetch_command(profile: str, models_dir: Path | None = None) -> str:
+    return locate.prefetch_command(MODEL_KEY, VOICES_KEY, profile=profile, models_dir=models_dir)
 
 
 def _base(language: str) -> str:
@@ -133,7 +135,7 @@ class PocketEngine:
         for path in (weights, tokenizer):
             if not path.is_file():
                 raise ModelUnavailable(f"{path} is missing: Pocket TTS has no {name} model on this machine; run "
-                                       f"`{prefetch_command(self.env.profile)}`", code="model_unavailable")
+                                       f"`{prefetch_command(self.env.profile, self.env.models_dir)}`", code="model_unavailable")
         return weights, tokenizer, assets / "embeddings"
 
     def voices(self) -> dict[str, PocketVoice]:
