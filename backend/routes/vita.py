@@ -125,7 +125,7 @@ class VitaNamespace(AuthedNamespace):
         session = self.manager.get(request.sid)
         if session is None:
             self.emit("error", {"message": "no assistant session on this connection (too many users?)",
-                                "code": "no_session", "param": None}, to=request.sid)
+                                "code": "no_session", "param": None}, room=request.sid)
         return session
 
     def on_audio(self, data=None):
