@@ -63,6 +63,9 @@ class Deaf:
     def transcribe(self, audio, language):
         return "", "es"
 
+    def language_probabilities(self, audio):
+        return [("es", 1.0)]
+
 
 # ------------------------------------------------------------------------------ 1. in-process
 
@@ -189,6 +192,9 @@ def bench_socketio(counts, seconds: float) -> list[tuple]:
 class InstantTranscriber:
     def transcribe(self, audio, language):
         return "¿Qué ves delante de ti?", "es"
+
+    def language_probabilities(self, audio):
+        return [("es", 1.0)]
 
 
 class InstantSpeaker:

@@ -18,6 +18,7 @@ from flask_socketio import ConnectionRefusedError
 
 from prefetch.manifest import vram_estimate
 from services.errors import ModelUnavailable
+from services.vita.language import LanguagePolicy
 from services.vita.manager import VAD_NAME, SessionManager
 from services.vita.ports import TtsSpeaker, WhisperTranscriber
 from services.vita.session import VitaConfig
@@ -43,7 +44,9 @@ def config_from(settings) -> VitaConfig:
         frame_gap_s=settings.vita_frame_gap_s,
         max_frame_bytes=int(settings.vita_max_frame_mb * 1024 * 1024),
         max_utterance_s=settings.vita_max_utterance_s,
-        language=settings.vita_language,
+        language=LanguagePolicy(default=settings.vita_language, languages=tuple(settings.vita_languages),
+                                min_seconds=settings.vita_language_switch_min_s,
+                                switch_p=settings.vita_language_switch_p),
         voice=settings.vita_voice,
         audio_rate=settings.vita_audio_rate_limit,
         audio_burst_s=settings.vita_audio_burst_s,
@@ -54,7 +57,18 @@ def speech_ports(backend):
     """The assistant's ears and voice: the whisper and TTS services installed before it, if any."""
     transcriber = WhisperTranscriber(backend.whisper) if backend.whisper is not None else None
     s = backend.settings
-    speaker = TtsSpeaker(backend.tts, s.tts_default_model, s.vita_language) if backend.tts is not None else None
+    speaker = None
+    if backend.tts is not None:
+        model = s.vita_tts_model or s.tts_default_model
+        if model not in backend.tts.engines:
+            log.warning("vita: ENFOADS_VITA_TTS_MODEL %r is not a TTS model (%s); the assistant speaks with %s",
+                        model, ", ".join(backend.tts.engines), s.tts_default_model)
+            model = s.tts_default_model
+        speaker = TtsSpeaker(backend.tts, model, s.vita_language)
+        unspoken = [lang for lang in s.vita_languages if lang not in speaker.languages]
+        if unspoken:
+            log.warning("vita: no TTS model speaks %s; replies in it are spoken in %s", ", ".join(unspoken),
+                        s.vita_language)
     return transcriber, speaker
 
 
