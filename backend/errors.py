@@ -17,6 +17,7 @@ log = logging.getLogger("enfoads.http")
 STATUS_BY_KIND = {
     "invalid": 400,
     "not_found": 404,
+    "conflict": 409,
     "too_large": 413,
     "unsupported_media": 415,
     "unprocessable": 422,

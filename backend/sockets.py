@@ -39,6 +39,9 @@ class AuthedNamespace(Namespace):
             log.warning("refused Socket.IO connection to %s: bad token", self.namespace)
             raise ConnectionRefusedError("missing or wrong API key: pass auth={'token': <key>}")
         join_room(owner_room(auth.owner_of(self.backend.api_key)))
+        if self.backend.socket_guard is not None:  # this transport may stay open past the auth deadline
+            self.backend.socket_guard.authenticated(self.socketio.server.manager.eio_sid_from_sid(request.sid,
+                                                                                                 self.namespace))
         self.on_authed_connect()
 
     def on_authed_connect(self):

@@ -18,6 +18,7 @@ from ..api import doc, form_params, json_body, ok, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import current_owner, run_job
+from ..jobs import BATCH
 from ..uploads import save_upload
 
 bp = Blueprint("face", __name__)
@@ -190,7 +191,7 @@ def face_swap_video():
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
               "target_indices": opts.target_indices}
     return run_job("face.swap_video", params, lambda job: ok(
-        {"job_id": job.id, "url": f"/jobs/{job.id}/files/{job.result['file']}", **job.result}))
+        {"job_id": job.id, "url": f"/jobs/{job.id}/files/{job.result['file']}", **job.result}), lane=BATCH)
 
 
 # --------------------------------------------------------------------------- jobs

@@ -11,6 +11,7 @@ from .. import __version__
 from ..api import build_openapi, doc, ok
 from ..auth import public
 from ..context import backend
+from ..tunnel import current_tunnel
 
 bp = Blueprint("system", __name__)
 
@@ -21,6 +22,7 @@ bp = Blueprint("system", __name__)
 def health():
     b = backend()
     return ok({"status": "ok", "version": __version__, "device": b.settings.resolved_device,
+               "public_url": current_tunnel()[0],
                "profile": b.settings.profile, "uptime_s": round(time.time() - b.started_at, 1),
                "queue_length": b.jobs.queue_length()})
 
@@ -28,8 +30,7 @@ def health():
 @bp.get("/vram-monitor")
 @doc(summary="GPU memory and what the offloader holds", tags=["system"])
 def vram_monitor():
-    vram = backend().vram
-    return ok(diagnostics.vram_report(vram, diagnostics.torch_cuda_memory(vram.device)))
+    return ok(diagnostics.vram_report(backend().vram, diagnostics.torch_cuda_memory))
 
 
 @bp.get("/diagnostics")
@@ -37,6 +38,7 @@ def vram_monitor():
 def diagnostics_route():
     s = backend().settings
     data = diagnostics.report(s.data_dir, device=s.resolved_device, dtype=s.dtype_name)
+    data["vram_devices"] = diagnostics.vram_report(backend().vram, diagnostics.torch_cuda_memory)["devices"]
     data["models"] = backend().models
     return ok(data)
 

@@ -15,13 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.media import audio_mime, encode_audio
 from services.tts.kyutai_engine import KyutaiOptions
+from services.tts.pocket_engine import PocketOptions
 from services.tts.service import MAX_CHUNK, SpeechRequest, TtsService
 
 from ..api import doc, form_params, json_body, ok, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import raise_for_job, run_job, submit
-from ..jobs import CANCELLED, FAILED, SUCCEEDED
+from ..jobs import BATCH, CANCELLED, FAILED, INTERACTIVE, SUCCEEDED
 from ..sockets import AuthedNamespace
 from ..uploads import save_upload
 
@@ -144,7 +145,7 @@ def _start_stream(req: SpeechRequest):
     with _streams_lock:
         _streams[stream_id] = out
     try:
-        job = submit(STREAM_KIND, {"request": _plan_params(plan.request), "stream": stream_id})
+        job = submit(STREAM_KIND, {"request": _plan_params(plan.request), "stream": stream_id}, lane=_lane(plan.request))
     except Exception:
         with _streams_lock:
             _streams.pop(stream_id, None)
@@ -232,9 +233,14 @@ def _speech_request(body: SpeechParams, *, text: str, model: str | None, voice: 
                          chunk_size=body.chunk_size)
 
 
+def _lane(req: SpeechRequest) -> str:
+    return INTERACTIVE if len(req.text) <= backend().settings.interactive_max_tts_chars else BATCH
+
+
 def _respond(req: SpeechRequest, fmt: str):
     plan = service().plan(req)  # bad text / voice / language answer 400/404 before queueing
-    return run_job(SPEECH_KIND, {"request": _plan_params(plan.request), "format": fmt}, _render_audio)
+    return run_job(SPEECH_KIND, {"request": _plan_params(plan.request), "format": fmt}, _render_audio,
+                   lane=_lane(plan.request))
 
 
 # --- routes ----------------------------------------------------------------------------------
@@ -361,8 +367,11 @@ def install(app, b) -> None:
     s = b.settings
     kyutai = KyutaiOptions(default_voice=s.tts_kyutai_voice, max_seconds=s.tts_kyutai_max_seconds,
                            cfg_coef=s.tts_kyutai_cfg_coef)
+    pocket = PocketOptions(device=s.tts_pocket_device, max_seconds=s.tts_pocket_max_seconds,
+                           default_voice=s.tts_pocket_voice)
     svc = TtsService(b.model_env, voices_dir=s.data_dir / "voices", max_chars=s.tts_max_chars,
-                     clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai)
+                     clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai,
+                     pocket=pocket)
     svc.register_models()
     app.extensions["enfoads.tts"] = svc
     b.tts = svc
@@ -371,5 +380,8 @@ def install(app, b) -> None:
     b.jobs.register(STREAM_KIND, stream)
     app.register_blueprint(bp)
     b.socketio.on_namespace(TtsNamespace("/tts", b, app))
+    from . import kyutai  # the Kyutai client's contract, on top of this service
+
+    kyutai.install(app, b)
     for m in svc.models():
         b.models.append({"id": m["id"], "family": "tts", "available": m["available"]})

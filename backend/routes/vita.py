@@ -189,8 +189,10 @@ class VitaNamespace(AuthedNamespace):
 def vita_page():
     # Public because a browser cannot send the key header on a navigation; the page holds no
     # secret, and the Socket.IO connection it opens checks the token.
+    # The page takes the key out of its address at once (history.replaceState); no-referrer keeps
+    # it out of any request the page makes meanwhile, and the access log redacts it.
     html = (STATIC / "index.html").read_text(encoding="utf-8")
-    return Response(html, mimetype="text/html", headers={"Cache-Control": "no-store"})
+    return Response(html, mimetype="text/html", headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
 @bp.get("/vita/static/<path:name>")
