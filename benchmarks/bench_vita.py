@@ -164,7 +164,9 @@ def bench_socketio(counts, seconds: float, transport: str = "websocket") -> list
         for n in counts:
             with tempfile.TemporaryDirectory() as tmp:
                 settings = load_settings(profile="smoke", data_dir=tmp, api_key="bench", device="cpu", port=0,
-                                         vita_max_sessions=n, vita_preload=False, log_level="WARNING")
+                                         vita_max_sessions=n, vita_preload=False, log_level="WARNING",
+                                         # every bench client comes from one address
+                                         socket_max_per_client=max(16, 2 * n))
                 server = Server(settings).start()
                 server.app.extensions["vita"].transcriber = Deaf()
                 # load the VAD (and torch) now: a first connect that waits for it times the clients out
