@@ -140,7 +140,16 @@ class Settings(BaseSettings):
     vita_max_frame_mb: float = Field(2.0, gt=0, description="larger video_frame packets are dropped")
     vita_max_utterance_s: float = Field(20, ge=1, le=120, description="longer speech is cut and answered")
     vita_max_new_tokens: int = Field(160, ge=1, le=2048)
-    vita_language: str = Field("es", description="reply language when detection gives none")
+    vita_language: str = Field("es", description="each session's language at first: heard and answered in")
+    vita_languages: Annotated[list[str], NoDecode] = Field(
+        ["es", "en", "pt"], description="languages a session may switch to (env: comma-separated); keep to "
+                                        "those the TTS speaks")
+    vita_language_switch_min_s: float = Field(
+        2.0, ge=0, description="shorter utterances never change the session's language (detection is unreliable)")
+    vita_language_switch_p: float = Field(
+        0.8, gt=0, le=1, description="Whisper's probability a detected language needs to become the session's")
+    vita_tts_model: str | None = Field(None, description="TTS model of the assistant's voice (default: "
+                                                         "tts_default_model)")
     vita_voice: str | None = Field(None, description="TTS voice for replies (the TTS default when unset)")
     vita_audio_rate_limit: float = Field(1.5, gt=1, le=20, description="audio accepted per second, x real time")
     vita_audio_burst_s: float = Field(2.0, gt=0, le=30, description="audio seconds a client may send at once")
@@ -153,6 +162,32 @@ class Settings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
+    @field_validator("vita_languages", mode="before")
+    @classmethod
+    def _split_languages(cls, v):
+        if isinstance(v, str):
+            return [lang for lang in (p.strip() for p in v.split(",")) if lang]
+        return v
+
+    @field_validator("vita_language")
+    @classmethod
+    def _language_code(cls, v):
+        return _whisper_code(v, "vita_language")
+
+    @field_validator("vita_languages")
+    @classmethod
+    def _language_codes(cls, v):
+        codes = [_whisper_code(lang, "vita_languages") for lang in v]
+        if not codes:
+            raise ValueError("vita_languages: name at least one language")
+        return list(dict.fromkeys(codes))
+
+    @model_validator(mode="after")
+    def _session_language_is_allowed(self):
+        if self.vita_language not in self.vita_languages:
+            raise ValueError(f"vita_language {self.vita_language!r} must be one of vita_languages "
+                             f"({', '.join(self.vita_languages)})")
+        return self
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, v):
@@ -218,6 +253,18 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "enfoads.db"
+
+
+def _whisper_code(value: str, name: str) -> str:
+    from services.whisper.languages import normalize_language
+
+    try:
+        code = normalize_language(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if code is None:
+        raise ValueError(f"{name}: name a language ('auto' is not one)")
+    return code
 
 
 def load_settings(config: str | Path | None = None, **overrides) -> Settings:

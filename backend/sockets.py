@@ -16,6 +16,12 @@ from .jobs import Job
 
 log = logging.getLogger("enfoads.socketio")
 
+# Event names a client may not emit: Socket.IO's own lifecycle events, and our connect hook. A
+# client sending them as ordinary events would reach the handlers meant for the server's own calls
+# (close a session while the socket stays open, open a second one). Hyphens count as underscores:
+# VITA's namespace maps `recording-started` to `on_recording_started`.
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting", "authed_connect"})
+
 
 def owner_room(owner: str) -> str:
     return f"owner:{owner}"
@@ -52,7 +58,27 @@ class JobsNamespace(AuthedNamespace):
         self.emit("job", job.public(), room=request.sid)
 
 
+def guard_client_events(server) -> None:
+    """Drop client events with a reserved or non-string name before any namespace sees them.
+
+    The check sits where python-socketio hands a client's EVENT packet on (`_handle_event`): the
+    namespaces' own `trigger_event` also receives the server's real connect and disconnect calls,
+    and cannot tell them apart from a client's event of the same name.
+    """
+    handle = server._handle_event
+
+    def guarded(eio_sid, namespace, id, data):
+        event = data[0] if isinstance(data, list) and data else None
+        if not isinstance(event, str) or event.replace("-", "_") in RESERVED_EVENTS:
+            log.debug("ignored a client event named %.40r on %s", event, namespace or "/")
+            return
+        handle(eio_sid, namespace, id, data)
+
+    server._handle_event = guarded
+
+
 def install_sockets(socketio, backend) -> None:
+    guard_client_events(socketio.server)
     socketio.on_namespace(JobsNamespace("/jobs", backend))
 
     def forward(job: Job) -> None:

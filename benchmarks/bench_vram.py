@@ -7,6 +7,8 @@
    exceeded. Then the same with the VLM pinned (an open realtime session).
 3. The same replay on two T4s (Kaggle: 2 x 15 GB, one offloader arbitrating both) beside one T4:
    resident hit rate and swaps side by side, same seed and request stream.
+4. Which families fit beside a conversation with the assistant: whisper + VLM pinned on the GPU
+   with Kyutai Pocket TTS on the CPU (ENFOADS_VITA_TTS_MODEL), or with Chatterbox on the GPU too.
 
 No GPU and no torch needed: the fake models only record moves.
 """
@@ -141,6 +143,55 @@ def compare_gpus(n: int = 1000) -> None:
             for d in two["devices"]))
 
 
+# A conversation with the assistant (VITA) pins its models. With Kyutai Pocket TTS on the CPU
+# (ENFOADS_VITA_TTS_MODEL) the GPU holds only whisper and the VLM; with Chatterbox it holds the TTS too.
+ASSISTANT_GPU = {
+    "Pocket TTS on CPU": [("whisper-large-v3-turbo", Runtime.CTRANSLATE2, 1.5), ("vlm-small", Runtime.TORCH, 5.0)],
+    "Chatterbox on GPU": [("whisper-large-v3-turbo", Runtime.CTRANSLATE2, 1.5), ("vlm-small", Runtime.TORCH, 5.0),
+                          ("chatterbox-multilingual", Runtime.TORCH, 3.5)],
+}
+OTHERS = [("sdxl-lightning", Runtime.TORCH, 7.0), ("buffalo_l+inswapper", Runtime.ONNX, 1.0),
+          ("chatterbox-multilingual", Runtime.TORCH, 3.5)]
+
+
+def fits_beside_assistant(assistant: list, others: list) -> bool:
+    """Whether `others` can run at once while a conversation keeps the assistant's models resident."""
+    off = VramOffloader(device="cpu", budget_bytes=BUDGET, reserve_bytes=RESERVE, host_ram_budget_bytes=HOST_RAM)
+    for name, runtime, gb in {n: (n, r, g) for n, r, g in assistant + others}.values():
+        loader = FakeTorch if runtime == Runtime.TORCH else (lambda device: FakeSession())
+        off.register(name, loader, runtime=runtime, estimate_bytes=int(gb * GB), family="x")
+    for name, *_ in assistant:
+        off.pin(name)
+        with off.acquire(name):
+            pass
+    from contextlib import ExitStack
+
+    try:
+        with ExitStack() as stack:
+            for name, *_ in others:
+                stack.enter_context(off.acquire(name))
+            return all(off.state_of(name) == "gpu" for name, *_ in assistant)
+    except Exception:  # VramError: the combination cannot be resident at once
+        return False
+
+
+def bench_assistant_combinations() -> None:
+    from itertools import combinations
+
+    print("4. During a conversation (the assistant's models pinned and resident), which other families"
+          f" can run at once on a T4 ({format_bytes(BUDGET - RESERVE)} usable)")
+    for label, assistant in ASSISTANT_GPU.items():
+        used = sum(gb for *_, gb in assistant)
+        print(f"   [{label}] assistant on the GPU: {' + '.join(n for n, *_ in assistant)} = {used:.1f} GB")
+        pool = [o for o in OTHERS if o[0] not in {n for n, *_ in assistant}]
+        for k in range(1, len(pool) + 1):
+            for combo in combinations(pool, k):
+                ok = fits_beside_assistant(assistant, list(combo))
+                extra = sum(gb for *_, gb in combo)
+                verdict = "fits" if ok else "does not fit: the assistant's models get evicted"
+                print(f"     + {' + '.join(n for n, *_ in combo):<58} {extra:4.1f} GB -> {verdict}")
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     bench_acquire()
@@ -151,6 +202,7 @@ def main() -> int:
     print(f"   pinning the VLM: swaps {a['swaps']} -> {b['swaps']}, loads {a['loads']} -> {b['loads']},"
           f" hit rate {a['hits'] / 10:.0f}% -> {b['hits'] / 10:.0f}%")
     compare_gpus()
+    bench_assistant_combinations()
     return 0
 
 

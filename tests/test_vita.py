@@ -84,7 +84,8 @@ def test_spanish_speech_in_real_time_gives_one_utterance_and_a_spoken_reply(vita
     assert transcriber.calls and len(transcriber.calls) == 1
     # the whole phrase, not the silence around it: VAD cut it within a window or two
     assert len(speech) / 16000 - 0.6 < transcriber.calls[0] < len(speech) / 16000 + 0.7
-    assert c.of("transcript")[0] == {"text": "¿Qué ves en la cámara?", "language": "es"}
+    assert c.of("transcript")[0] == {"text": "¿Qué ves en la cámara?", "language": "es", "language_probability": 1.0,
+                                     "switched": False}
     sentences = [d["text"] for d in c.of("response_text")]
     assert sentences and all(s.strip() for s in sentences)
     assert speaker.sentences == sentences  # each sentence spoken as it came

@@ -20,16 +20,25 @@ SPANISH = "Hola, ¿qué tiempo hace hoy en Madrid? Cuéntame algo interesante."
 
 
 class FixedTranscriber:
-    """Returns a fixed Spanish text; records the length of every utterance it was given."""
+    """Returns a fixed Spanish text; records the length (and language) of every utterance it was given."""
 
-    def __init__(self, text: str = "¿Qué ves en la cámara?", language: str = "es"):
+    def __init__(self, text: str = "¿Qué ves en la cámara?", language: str = "es",
+                 probabilities: list[tuple[str, float]] | None = None):
         self.text = text
-        self.language = language
+        self.language = language  # what detection hears (with certainty unless `probabilities`)
+        self.probabilities = probabilities
         self.calls: list[float] = []
+        self.languages: list[str | None] = []  # the language each utterance was transcribed in
+        self.detections = 0
 
     def transcribe(self, audio, language):
         self.calls.append(len(audio) / RATE)
-        return self.text, self.language
+        self.languages.append(language)
+        return self.text, language
+
+    def language_probabilities(self, audio):
+        self.detections += 1
+        return self.probabilities or [(self.language, 1.0)]
 
 
 class ToneSpeaker:
@@ -38,10 +47,12 @@ class ToneSpeaker:
     def __init__(self, rate: int = 22050, seconds: float = 0.25, chunks: int = 1, delay: float = 0.0):
         self.rate, self.seconds, self.chunks, self.delay = rate, seconds, chunks, delay
         self.sentences: list[str] = []
+        self.languages: list[str] = []
         self.pieces_out = 0
 
     def synthesize(self, text, language, voice):
         self.sentences.append(text)
+        self.languages.append(language)
         n = int(self.rate * self.seconds / self.chunks)
         t = np.arange(n) / self.rate
         for _ in range(self.chunks):

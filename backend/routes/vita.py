@@ -18,6 +18,7 @@ from flask_socketio import ConnectionRefusedError
 
 from prefetch.manifest import vram_estimate
 from services.errors import ModelUnavailable
+from services.vita.language import LanguagePolicy
 from services.vita.manager import VAD_NAME, SessionManager
 from services.vita.ports import TtsSpeaker, WhisperTranscriber
 from services.vita.session import VitaConfig
@@ -43,7 +44,9 @@ def config_from(settings) -> VitaConfig:
         frame_gap_s=settings.vita_frame_gap_s,
         max_frame_bytes=int(settings.vita_max_frame_mb * 1024 * 1024),
         max_utterance_s=settings.vita_max_utterance_s,
-        language=settings.vita_language,
+        language=LanguagePolicy(default=settings.vita_language, languages=tuple(settings.vita_languages),
+                                min_seconds=settings.vita_language_switch_min_s,
+                                switch_p=settings.vita_language_switch_p),
         voice=settings.vita_voice,
         audio_rate=settings.vita_audio_rate_limit,
         audio_burst_s=settings.vita_audio_burst_s,
@@ -55,8 +58,19 @@ def speech_ports(backend):
     transcriber = WhisperTranscriber(backend.whisper) if backend.whisper is not None else None
     s = backend.settings
     speaker = None
-    if backend.tts is not None:  # the server's default TTS model for the assistant's language
-        speaker = TtsSpeaker(backend.tts, backend.tts.default_model(s.vita_language), s.vita_language)
+    if backend.tts is not None:
+        # ENFOADS_VITA_TTS_MODEL, else the best model present for the assistant's language; a reply in
+        # another language is handed by the TTS service to the best speaker of that language
+        model = s.vita_tts_model or None
+        if model is not None and model not in backend.tts.engines:
+            log.warning("vita: ENFOADS_VITA_TTS_MODEL %r is not a TTS model (%s); the assistant speaks with the "
+                        "best model present for %s", model, ", ".join(backend.tts.engines), s.vita_language)
+            model = None
+        speaker = TtsSpeaker(backend.tts, model or backend.tts.default_model(s.vita_language), s.vita_language)
+        unspoken = [lang for lang in s.vita_languages if lang not in speaker.languages()]
+        if unspoken:
+            log.warning("vita: no TTS model speaks %s; replies in it are spoken in %s", ", ".join(unspoken),
+                        s.vita_language)
     return transcriber, speaker
 
 
@@ -83,8 +97,21 @@ class VitaNamespace(AuthedNamespace):
         self.manager = manager
 
     def trigger_event(self, event, *args):
+        if event == "audio" and len(args) == 2:
+            # VITA's page sends ~125 audio packets a second per session. Flask-SocketIO wraps every
+            # event in a Flask request context, which costs more than parsing the packet and running
+            # the VAD together (bench_vita.py section 2); the audio path reads nothing from it, so
+            # packets go straight to their session. `args` is (sid, data).
+            return self._feed_audio(*args)
         # VITA's event names have hyphens (recording-started): map them to method names.
         return super().trigger_event(event.replace("-", "_"), *args)
+
+    def _feed_audio(self, sid: str, data) -> None:
+        session = self.manager.get(sid)
+        if session is None:
+            self._no_session(sid)
+            return
+        session.feed_audio(data)
 
     def _emitter(self, sid: str):
         socketio = self.backend.socketio
@@ -123,17 +150,18 @@ class VitaNamespace(AuthedNamespace):
     def on_disconnect(self, reason=None):
         self.manager.close(request.sid, reason=str(reason or "disconnected"))
 
+    def _no_session(self, sid: str) -> None:
+        self.emit("error", {"message": "no assistant session on this connection (too many users?)",
+                            "code": "no_session", "param": None}, room=sid)
+
     def _session(self):
         session = self.manager.get(request.sid)
         if session is None:
-            self.emit("error", {"message": "no assistant session on this connection (too many users?)",
-                                "code": "no_session", "param": None}, room=request.sid)
+            self._no_session(request.sid)
         return session
 
-    def on_audio(self, data=None):
-        session = self._session()
-        if session is not None:
-            session.feed_audio(data)
+    def on_audio(self, data=None, *_):  # an `audio` event without data (the fast path takes the rest)
+        self._feed_audio(request.sid, data)
 
     def on_video_frame(self, data=None):
         session = self._session()

@@ -75,8 +75,9 @@ class SessionManager:
             return len(self._sessions)
 
     def get(self, sid: str) -> Session | None:
-        with self._lock:
-            return self._sessions.get(sid)
+        # Called for every audio packet: no lock. A dict lookup is atomic, and a thread that holds
+        # the lock while it waits for the GIL would stall every session's packets behind it.
+        return self._sessions.get(sid)
 
     def open(self, sid: str, emit: Emit, disconnect: Callable[[str], None]) -> Session | None:
         with self._lock:

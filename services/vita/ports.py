@@ -5,7 +5,7 @@ plug in through the adapters below; tests plug in doubles.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -14,6 +14,9 @@ import numpy as np
 class Transcriber(Protocol):
     def transcribe(self, audio: np.ndarray, language: str | None) -> tuple[str, str | None]:
         """16 kHz mono float32 -> (text, detected language code or None). `language=None`: detect."""
+
+    def language_probabilities(self, audio: np.ndarray) -> Iterable[tuple[str, float]]:
+        """16 kHz mono float32 -> (language code, probability) for every language the model knows."""
 
 
 @runtime_checkable
@@ -40,6 +43,9 @@ class WhisperTranscriber:
         options = self.service.options(language=language, vad_filter=False, temperature=0.0)
         result = self.service.transcribe_array(audio, options)
         return str(result.get("text", "")).strip(), result.get("language")
+
+    def language_probabilities(self, audio: np.ndarray) -> list[tuple[str, float]]:
+        return self.service.language_probabilities(audio)
 
 
 class TtsSpeaker:

@@ -5,7 +5,7 @@ don't). The web layer feeds packets in and passes an `emit(event, data)` callabl
 back; the session knows nothing of Socket.IO.
 
 Events emitted (VITA-1.5's names, plus `transcript`, `response_done` and `error`):
-`transcript` {text, language}, `response_text` {text} per sentence, `audio` (Int16 LE PCM bytes,
+`transcript` {text, language, language_probability, switched}, `response_text` {text} per sentence, `audio` (Int16 LE PCM bytes,
 24 kHz mono) as soon as each piece of speech is ready, `response_done` {text, interrupted},
 `stop_tts` (the client must drop queued speech), `error` {message, code, param}.
 """
@@ -27,6 +27,7 @@ from services.vram import VramError
 from . import packets
 from .audio_out import PcmStream
 from .brain import Turn
+from .language import LanguagePolicy
 from .throttle import AudioBudget
 from .vad import SAMPLE_RATE, SpeechSegmenter
 
@@ -46,7 +47,7 @@ class VitaConfig:
     max_frame_bytes: int = 2 * 1024 * 1024
     max_frame_pixels: int = 4096 * 4096
     max_utterance_s: float = 20.0
-    language: str = "es"
+    language: LanguagePolicy = LanguagePolicy()
     voice: str | None = None
     audio_rate: float = 1.5
     audio_burst_s: float = 2.0
@@ -80,6 +81,7 @@ class Session:
         self.segmenter = SpeechSegmenter(vad_model, max_utterance_s=config.max_utterance_s)
         self.budget = AudioBudget(rate=config.audio_rate, burst=config.audio_burst_s, clock=clock)
         self.history: deque[Turn] = deque(maxlen=max(0, config.history_turns))
+        self.language = config.language.default  # heard and answered in; see language.py
         self.frames: deque[tuple[float, Any]] = deque(maxlen=max(1, config.max_frames))
         self.last_activity = clock()
         self.closed = False
@@ -222,15 +224,20 @@ class Session:
                 self._emit_for(reply, "error", {"message": "the assistant cannot answer: " + "; ".join(missing),
                                                 "code": "service_unavailable", "param": None})
                 return
-            text, language = self.transcriber.transcribe(audio, None)
-            language = language or self.config.language
+            language = self._hear_language(audio)
+            if reply.cancelled.is_set():
+                return
+            text, _ = self.transcriber.transcribe(audio, language.language)
             if reply.cancelled.is_set():
                 return
             text = (text or "").strip()
             if not text:
                 log.info("vita %s: nothing recognised in the utterance", self.sid[:8])
                 return
-            self._emit_for(reply, "transcript", {"text": text, "language": language})
+            self._emit_for(reply, "transcript", {"text": text, "language": language.language,
+                                                 "language_probability": language.probability,
+                                                 "switched": language.switched})
+            language = language.language
             self.stats["replies"] += 1
             said = self._speak_reply(reply, text, language, t0)
             if said:
@@ -248,6 +255,18 @@ class Session:
                                             "code": "reply_failed", "param": None})
         finally:
             reply.done.set()
+
+    def _hear_language(self, audio: np.ndarray):
+        """The policy's decision for this utterance; a switch sticks for the session."""
+        policy = self.config.language
+        seconds = audio.size / SAMPLE_RATE
+        probabilities = self.transcriber.language_probabilities(audio) if policy.should_detect(seconds) else None
+        decision = policy.decide(self.language, probabilities, seconds)
+        if decision.switched:
+            log.info("vita %s: language %s -> %s (p %.2f)", self.sid[:8], self.language, decision.language,
+                     decision.probability)
+            self.language = decision.language
+        return decision
 
     def _speak_reply(self, reply: Reply, text: str, language: str, t0: float) -> str:
         said: list[str] = []

@@ -5,12 +5,10 @@ threshold 0.7: speech starts at p >= 0.7 and ends after 500 ms below 0.7 - 0.15 
 Utterances shorter than 1 s are dropped.
 
 One ONNX session is loaded once and shared: ONNX Runtime runs concurrent calls safely, and each
-session's recurrent state lives in its own shallow copy of the package's `OnnxWrapper` (its
-`reset_states` assigns new state tensors, never mutates shared ones).
+stream's recurrent state lives in its own `SileroStream` (below), under the package's VADIterator.
 """
 from __future__ import annotations
 
-import copy
 from collections import deque
 from dataclasses import dataclass
 
@@ -35,6 +33,35 @@ def load_vad_model():
         return load_silero_vad(onnx=True)
 
 
+class SileroStream:
+    """Silero VAD's ONNX network with one stream's recurrent state, in numpy.
+
+    It stands in for the package's `OnnxWrapper` under its `VADIterator` (the same inputs, state
+    and 64-sample context; 16 kHz windows of 512 samples only): the wrapper's per-window torch
+    bookkeeping cost more CPU than the network itself at VITA's packet rate (bench_vita.py,
+    section 2, profiled with py-spy)."""
+
+    CONTEXT = 64
+
+    def __init__(self, session):
+        self.session = session
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        self.reset_states()
+
+    def reset_states(self, batch_size: int = 1) -> None:
+        self._state = np.zeros((2, 1, 128), np.float32)
+        self._context = np.zeros((1, self.CONTEXT), np.float32)
+
+    def __call__(self, x, sr: int) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32).reshape(1, -1)
+        if sr != SAMPLE_RATE or x.shape[1] != WINDOW:
+            raise ValueError(f"Silero VAD takes {WINDOW}-sample windows at {SAMPLE_RATE} Hz")
+        window = np.concatenate([self._context, x], axis=1)
+        out, self._state = self.session.run(None, {"input": window, "state": self._state, "sr": self._sr})
+        self._context = window[:, -self.CONTEXT:]
+        return out
+
+
 @dataclass(frozen=True)
 class VadEvent:
     kind: str  # "start" | "utterance" | "dropped"
@@ -53,8 +80,7 @@ class SpeechSegmenter:
                  max_utterance_s: float = 20.0):
         from silero_vad import VADIterator
 
-        model = copy.copy(base_model)
-        self._iter = VADIterator(model, threshold=START_THRESHOLD, sampling_rate=SAMPLE_RATE,
+        self._iter = VADIterator(SileroStream(base_model.session), threshold=START_THRESHOLD, sampling_rate=SAMPLE_RATE,
                                  min_silence_duration_ms=END_SILENCE_MS, speech_pad_ms=pad_ms)
         self.min_samples = int(min_utterance_s * SAMPLE_RATE)
         self.max_samples = int(max_utterance_s * SAMPLE_RATE)

@@ -165,6 +165,22 @@ class WhisperService:
         return self.env.vram.run(self.vram_name(key),
                                  lambda m: self._run(m, key, audio, duration, options, progress))
 
+    def language_probabilities(self, audio: np.ndarray, *, model: str | None = None) -> list[tuple[str, float]]:
+        """Whisper's probability for each language it knows (most probable first) that `audio`
+        (16 kHz mono float32) is spoken in it: faster-whisper's own detection on the first 30 s."""
+        audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(-1))
+        if audio.size == 0:
+            raise InvalidInput("no audio samples to detect a language in", param="file", code="empty_audio")
+        key = self.model_key(model)
+
+        def detect(m):
+            if not m.model.is_multilingual:
+                return [("en", 1.0)]
+            _, _, probs = m.detect_language(audio=audio)
+            return [(lang, float(p)) for lang, p in probs]
+
+        return self.env.vram.run(self.vram_name(key), detect)
+
     def _run(self, model, key: str, audio: np.ndarray, duration: float, opts: TranscribeOptions,
              progress: Progress | None) -> dict:
         if opts.language and model.hf_tokenizer.token_to_id(f"<|{opts.language}|>") is None:
