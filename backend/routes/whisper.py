@@ -16,7 +16,7 @@ from services.whisper.subtitles import DEFAULT_MAX_LINE_CHARS, DEFAULT_MAX_LINES
 from services.whisper.transcriber import options_dict
 from services.whisper.video import check_video
 
-from ..api import doc, form_params, json_body, ok, seed_shape
+from ..api import doc, form_params, json_body, ok, raw_json, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
@@ -86,7 +86,7 @@ def _service() -> WhisperService:
 def _parse(model: type[BaseModel]):
     """The request's parameters (JSON or form) and the raw JSON body (for a base64 `file`)."""
     if request.mimetype == "application/json":
-        return json_body(model), request.get_json(silent=True)
+        return json_body(model), raw_json()
     return form_params(model), None
 
 
