@@ -142,7 +142,13 @@ def load_image(data: bytes, *, max_pixels: int, param: str = "image"):
             raise TooLarge(f"the image is {width}x{height}; the limit is {max_pixels:,} pixels", param=param,
                            code="image_too_large")
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # Pillow refuses huge headers itself, before we see the size
+        raise TooLarge(f"the image has more pixels than the {max_pixels:,} pixel limit", param=param,
+                       code="image_too_large") from None
+    except UnidentifiedImageError:  # its message names our in-memory buffer, not the user's file
+        raise InvalidInput("not a readable image: use PNG, JPEG or WebP", param=param,
+                           code="invalid_image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"not a readable image: {exc}", param=param, code="invalid_image") from None
     return img.convert("RGB")
 
