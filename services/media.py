@@ -3,6 +3,7 @@ encoding audio, decoding images safely. Errors are ServiceErrors a user can act 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +70,27 @@ def probe(path: Path) -> MediaInfo:
             audio_rate=audio.codec_context.sample_rate if audio else None,
             audio_channels=audio.codec_context.channels if audio else None,
         )
+
+
+def check_video_limits(info: MediaInfo, *, max_seconds: float, max_pixels: int, param: str = "file",
+                       what: str = "the video") -> None:
+    """Refuse a video that cannot be bounded before decoding: no known duration (a raw stream with
+    no container: its frames carry no times, 400), longer or larger than the limits (413)."""
+    if not info.duration or info.duration <= 0:
+        raise InvalidInput(f"{what} does not say how long it lasts (a raw stream without a container, or "
+                           "frames without timestamps); put it in an MP4, MKV or WebM container",
+                           param=param, code="unknown_duration")
+    if info.duration > max_seconds:
+        raise TooLarge(f"{what} lasts {info.duration:.1f} s; the limit is {max_seconds:g} s", param=param,
+                       code="video_too_long")
+    if info.width and info.height and info.width * info.height > max_pixels:
+        raise TooLarge(f"{what} is {info.width}x{info.height}; the limit is {max_pixels:,} pixels per frame",
+                       param=param, code="video_too_large")
+
+
+def max_frames(max_seconds: float, fps: Fraction) -> int:
+    """The most frames `max_seconds` of video may hold at `fps` (one more for rounding)."""
+    return math.ceil(max_seconds * float(fps)) + 1
 
 
 def decode_audio(path: Path, sample_rate: int = 16000, *, max_seconds: float | None = None) -> np.ndarray:

@@ -27,6 +27,7 @@ from services.vram import Runtime
 
 from .languages import normalize_language
 from .timeline import normalize
+from .video import check_video
 
 log = logging.getLogger("enfoads.whisper")
 
@@ -53,7 +54,7 @@ class TranscribeOptions:
 class WhisperService:
     def __init__(self, model_env, *, default_model: str = "large-v3-turbo", compute_type: str = "auto",
                  default_language: str | None = "es", beam_size: int = 5, cpu_threads: int = 0,
-                 max_seconds: float = 4 * 3600):
+                 max_seconds: float = 4 * 3600, video_max_pixels: int = 1920 * 1088):
         self.env = model_env
         self.default_key = SIZES[default_model]
         self.compute_type = ctranslate2_compute_type(model_env.device) if compute_type == "auto" else compute_type
@@ -61,6 +62,7 @@ class WhisperService:
         self.beam_size = beam_size
         self.cpu_threads = cpu_threads
         self.max_seconds = max_seconds
+        self.video_max_pixels = video_max_pixels
         for key in SIZES.values():
             model_env.vram.register(self.vram_name(key), self._loader(key), runtime=Runtime.CTRANSLATE2,
                                     estimate_bytes=manifest.vram_estimate(key, self.compute_type),
@@ -130,6 +132,9 @@ class WhisperService:
         if seconds > self.max_seconds:
             raise TooLarge(f"the media lasts {seconds:.0f} s; the limit is {self.max_seconds:g} s", param="file",
                            code="too_long")
+
+    def check_video(self, info: media.MediaInfo) -> None:
+        check_video(info, max_seconds=self.max_seconds, max_pixels=self.video_max_pixels)
 
     def decode(self, path: Path) -> tuple[np.ndarray, media.MediaInfo]:
         """The file's audio at 16 kHz mono, refusing non-media (415), no audio / empty (400), too long (413)."""
