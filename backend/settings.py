@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     whisper_beam_size: int = Field(5, ge=1, le=10)
     whisper_cpu_threads: int = Field(0, ge=0, description="CTranslate2 CPU threads; 0: its default")
     whisper_max_seconds: float = Field(4 * 3600, gt=0, description="longest audio/video accepted (413 beyond)")
+    whisper_window_seconds: float = Field(
+        300, ge=60, description="audio decoded and transcribed at a time: memory stays at about one window "
+                                "(~20 MB of samples per 5 min) however long the file")
     whisper_video_max_pixels: int = Field(1920 * 1088, ge=1, description="largest frame (width x height) "
                                           "/subtitle-video accepts (413 beyond)")
     whisper_video_crf: int = Field(20, ge=0, le=51, description="x264 quality of videos with burned subtitles")

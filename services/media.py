@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -93,32 +94,53 @@ def max_frames(max_seconds: float, fps: Fraction) -> int:
     return math.ceil(max_seconds * float(fps)) + 1
 
 
-def decode_audio(path: Path, sample_rate: int = 16000, *, max_seconds: float | None = None) -> np.ndarray:
-    """The first audio stream as mono float32 in [-1, 1] at `sample_rate`."""
+def iter_audio(path: Path, sample_rate: int = 16000, *, window_samples: int,
+               max_seconds: float | None = None) -> Iterator[np.ndarray]:
+    """The first audio stream as mono float32 in [-1, 1] at `sample_rate`, in windows of
+    `window_samples` (the last one shorter). Memory stays at about one window whatever the file's
+    length; `max_seconds` counts the decoded samples (a container's duration can lie or be missing).
+    Decoding pauses at each window until the caller asks for the next (a cancelled job stops there)."""
     import av
 
+    limit = int(max_seconds * sample_rate) if max_seconds else None
     with _open(path) as container:
         if not container.streams.audio:
             raise InvalidInput("the file has no audio stream", param="file", code="no_audio")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks: list[np.ndarray] = []
-        total = 0
-        limit = int(max_seconds * sample_rate) if max_seconds else None
+        pending: list[np.ndarray] = []
+        buffered = total = 0
         try:
             for frame in container.decode(audio=0):
                 for out in resampler.resample(frame):
                     chunk = out.to_ndarray().reshape(-1)
-                    chunks.append(chunk)
+                    pending.append(chunk)
+                    buffered += chunk.size
                     total += chunk.size
                 if limit is not None and total > limit:
                     raise TooLarge(f"the audio is longer than the {max_seconds:g} s limit", param="file",
                                    code="too_long")
+                while buffered >= window_samples:
+                    joined = np.concatenate(pending)
+                    pending, buffered = [joined[window_samples:]], joined.size - window_samples
+                    yield np.clip(joined[:window_samples], -1.0, 1.0)
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                pending.append(out.to_ndarray().reshape(-1))
+                total += pending[-1].size
         except av.error.FFmpegError as exc:
             raise InvalidInput(f"the audio could not be decoded: {exc}", param="file", code="bad_audio") from None
-    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    return np.clip(audio, -1.0, 1.0)
+    if limit is not None and total > limit:
+        raise TooLarge(f"the audio is longer than the {max_seconds:g} s limit", param="file", code="too_long")
+    rest = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+    if rest.size:
+        yield np.clip(rest, -1.0, 1.0)
+
+
+def decode_audio(path: Path, sample_rate: int = 16000, *, max_seconds: float | None = None) -> np.ndarray:
+    """The first audio stream as one mono float32 array in [-1, 1] at `sample_rate` (for short
+    clips: long media go through `iter_audio`)."""
+    window = int((max_seconds or 600) * sample_rate) + 1
+    chunks = list(iter_audio(path, sample_rate, window_samples=window, max_seconds=max_seconds))
+    return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
 
 
 def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:

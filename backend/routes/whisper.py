@@ -216,7 +216,7 @@ def install(app, b) -> None:
     service = WhisperService(b.model_env, default_model=default, compute_type=s.whisper_compute_type,
                              default_language=s.whisper_language, beam_size=s.whisper_beam_size,
                              cpu_threads=s.whisper_cpu_threads, max_seconds=s.whisper_max_seconds,
-                             video_max_pixels=s.whisper_video_max_pixels)
+                             video_max_pixels=s.whisper_video_max_pixels, window_seconds=s.whisper_window_seconds)
     app.extensions["enfoads.whisper"] = service
     b.whisper = service
     b.jobs.register(whisper_jobs.TRANSCRIBE, lambda params, ctx: whisper_jobs.transcribe_job(service, params, ctx))
