@@ -9,8 +9,8 @@ wraps `wsgi.input` (outermost, so Socket.IO's polling bodies are covered too):
 - a pause between packets may last `timeout_s`, and after that grace the body must keep an
   average of `min_bytes_per_s` (the rule Kestrel applies), else 408; a watchdog thread cuts a
   read that is still blocked when the deadline passes;
-- either refusal closes the connection (`Connection: close`): the unread rest of the body must
-  not be taken for the next request.
+- either refusal closes the connection (`Connection: close`, then the read side shut once the
+  answer is sent): the unread rest of the body is neither taken for the next request nor drained.
 """
 from __future__ import annotations
 
@@ -181,16 +181,36 @@ class BodyGuard:
         if stream._sock is not None:
             self.watchdog.add(stream)
 
+        refuse = []
+
         def start(status, headers, exc_info=None):
             if stream.refused or status[:3] in ("408", "413"):
+                refuse.append(True)
                 headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
             return start_response(status, headers, exc_info)
 
         try:
-            return self.app(environ, start)
+            body = self.app(environ, start)
         finally:
             self.watchdog.remove(stream)
             stream.finish()
+        return _then_stop_reading(body, stream._sock, refuse)
+
+
+def _then_stop_reading(body, sock: socket.socket | None, refuse: list):
+    """The response; then, for a refused body, the end of reading: Werkzeug's server drains what a
+    client still sends after the response (up to 10 GB, blocking on a stalled client) unless the
+    socket's read side is shut."""
+    try:
+        yield from body
+        if refuse and sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+    finally:
+        if hasattr(body, "close"):
+            body.close()
 
 
 class UploadSlots:

@@ -48,19 +48,26 @@ def _send_quietly(sock: socket.socket, data: bytes) -> bool:
 
 
 def test_chunked_body_past_the_limit_is_413_at_once_and_closes(live_server, make_settings):
+    import threading
+
     server = live_server(make_settings(max_upload_mb=0.05))  # 52 KB
     sock = _connect(server)
     sock.sendall(f"POST /transcribe HTTP/1.1\r\n{HEADERS}Content-Type: application/json\r\n"
                  "Transfer-Encoding: chunked\r\n\r\n".encode())
-    piece = b'{"file": "' + b"A" * 8000
+    got = []
+    reader = threading.Thread(target=lambda: got.append(_read_response(sock)))
+    reader.start()
+    piece = b'{"file": "' + b"A" * 65536
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
-    for _ in range(10):  # 80 KB, never terminated: the answer must not wait for the end
-        if not _send_quietly(sock, chunk):
-            break
-    status, headers, body, closed = _read_response(sock)
+    sent = 0
+    while sent < 64 * 1024**2 and _send_quietly(sock, chunk):  # a client that never stops
+        sent += len(chunk)
+    reader.join(30)
+    status, headers, body, closed = got[0]
     assert status == 413
     assert body["error"]["code"] == "body_too_large" and "0.05 MB" in body["error"]["message"]
     assert headers["connection"].lower() == "close" and closed
+    assert sent < 64 * 1024**2  # the server stopped reading: it did not drain the rest
 
 
 def test_chunked_body_within_the_limit_is_read(live_server, make_settings):
