@@ -5,7 +5,10 @@ so the document cannot drift from what the routes accept.
 """
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import tempfile
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -30,19 +33,38 @@ def doc(*, summary: str, tags: list[str], body: type[BaseModel] | None = None, q
     return wrap
 
 
+def _parsed_json() -> Any:
+    """The request's JSON body, parsed once per request. The body is spooled to disk first, so the
+    parser holds the text of a large base64 upload once, not the raw bytes beside it."""
+    if "enfoads_json" not in g:
+        with tempfile.SpooledTemporaryFile(max_size=1024**2) as spool:
+            shutil.copyfileobj(request.stream, spool, 1024**2)
+            if spool.tell() == 0:
+                data: Any = {}
+            else:
+                spool.seek(0)
+                try:
+                    data = json.load(io.TextIOWrapper(spool, encoding="utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise ApiError(400, f"malformed JSON body: {exc}", param="body", code="invalid_json") from None
+        g.enfoads_json = data
+    return g.enfoads_json
+
+
 def json_body(model: type[M]) -> M:
     """The request's JSON body validated by `model`; 400 naming the field, or the body when not JSON."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"malformed JSON body: {exc}", param="body", code="invalid_json") from None
+    data = _parsed_json()
     if not isinstance(data, dict):
         raise ApiError(400, "the JSON body must be an object", param="body", code="invalid_json")
     return model.model_validate(data)
+
+
+def raw_json() -> dict | None:
+    """The JSON body as a dict (after `json_body` validated it), or None for other bodies."""
+    if request.mimetype != "application/json":
+        return None
+    data = _parsed_json()
+    return data if isinstance(data, dict) else None
 
 
 def query_params(model: type[M]) -> M:

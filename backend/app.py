@@ -11,6 +11,7 @@ from services.model_env import ModelEnv
 from services.vram import DeviceSpec, VramOffloader
 
 from . import auth
+from .bodies import BodyGuard, UploadSlots
 from .context import Backend
 from .datadir import prepare_data_dir
 from .errors import install_error_handlers
@@ -88,6 +89,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Outermost (around Socket.IO's middleware too): behind ngrok the URLs we hand out carry the
     # public scheme and host, and the Socket.IO cap sees each client's own address.
     app.wsgi_app = TrustedProxyFix(app.wsgi_app, settings.trusted_proxies)
+    # Around that: every body, Socket.IO's included, is read under the same rules.
+    app.wsgi_app = BodyGuard(app.wsgi_app, max_bytes=settings.max_upload_bytes,
+                             timeout_s=settings.body_timeout_seconds,
+                             min_bytes_per_s=settings.body_min_kb_per_second * 1024)
 
     api_key = auth.load_or_create_key(settings.data_dir,
                                       settings.api_key.get_secret_value() if settings.api_key else None)
@@ -104,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_error_handlers(app)
     auth.install_auth(app)
     install_upload_cleanup(app)
+    UploadSlots(settings.max_concurrent_uploads).install(app)
     app.register_blueprint(system_routes.bp)
     app.register_blueprint(job_routes.bp)
     install_sockets(socketio, b)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from services.errors import ServiceError
 
@@ -28,6 +28,7 @@ TYPE_BY_STATUS = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "request_timeout",
     409: "conflict_error",
     413: "request_too_large",
     415: "unsupported_media_type",
@@ -74,6 +75,16 @@ def _respond(err: ApiError):
     return resp
 
 
+def _too_large_message(app: Flask) -> tuple[str, str]:
+    """Werkzeug raises one exception for three limits: say which one this request passed."""
+    limit = app.config.get("MAX_CONTENT_LENGTH")
+    length = request.content_length
+    if request.mimetype == "multipart/form-data" and not (limit and length is not None and length > limit):
+        return (f"the multipart form has more than {request.max_form_parts} parts, or a text field larger than "
+                f"{request.max_form_memory_size / 1024:g} KB (send files as file parts)", "form_too_large")
+    return f"request body is larger than the {round(limit / 1024**2, 2):g} MB limit", "body_too_large"
+
+
 def install_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, _respond)
     app.register_error_handler(ServiceError, lambda e: _respond(from_service_error(e)))
@@ -82,10 +93,10 @@ def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         message = exc.description or exc.name
-        if exc.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"request body is larger than the {limit / 1024**2:g} MB limit" if limit else message
-        return _respond(ApiError(exc.code or 500, message))
+        code = {413: "body_too_large", 408: "body_timeout"}.get(exc.code)
+        if exc.code == 413 and message == RequestEntityTooLarge.description:
+            message, code = _too_large_message(app)
+        return _respond(ApiError(exc.code or 500, message, code=code))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

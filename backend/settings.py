@@ -39,7 +39,13 @@ class Settings(BaseSettings):
     socket_max_per_client: int = Field(16, ge=1, description="open Socket.IO transports per client address")
     socket_auth_timeout_s: float = Field(10.0, gt=0, description="a Socket.IO transport that has not joined an "
                                                                  "authenticated namespace by then is closed")
-    max_upload_mb: float = Field(200, gt=0)
+    max_upload_mb: float = Field(200, gt=0, description="largest request body, chunked or not (413 beyond)")
+    body_timeout_seconds: float = Field(
+        30, gt=0, description="longest pause while a request body arrives; after this long the body must also "
+                              "keep body_min_kb_per_second on average (408 otherwise)")
+    body_min_kb_per_second: float = Field(16, gt=0, description="slowest average upload rate accepted (KB/s)")
+    max_concurrent_uploads: int = Field(
+        2, ge=1, description="request bodies over 8 MB read at once; more wait up to 10 s, then answer 429")
     queue_max: int = Field(32, ge=1, description="queued jobs per lane beyond this answer 429")
     interactive_burst: int = Field(8, ge=1, description="most interactive jobs one pause of a batch job runs")
     interactive_max_tts_chars: int = Field(300, ge=1, description="longer speech requests run in the batch lane")
@@ -115,6 +121,11 @@ class Settings(BaseSettings):
     whisper_beam_size: int = Field(5, ge=1, le=10)
     whisper_cpu_threads: int = Field(0, ge=0, description="CTranslate2 CPU threads; 0: its default")
     whisper_max_seconds: float = Field(4 * 3600, gt=0, description="longest audio/video accepted (413 beyond)")
+    whisper_window_seconds: float = Field(
+        300, ge=60, description="audio decoded and transcribed at a time: memory stays at about one window "
+                                "(~20 MB of samples per 5 min) however long the file")
+    whisper_video_max_pixels: int = Field(1920 * 1088, ge=1, description="largest frame (width x height) "
+                                          "/subtitle-video accepts (413 beyond)")
     whisper_video_crf: int = Field(20, ge=0, le=51, description="x264 quality of videos with burned subtitles")
 
     # --- image ---

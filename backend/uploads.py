@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flask import Flask, g, request
 
+from .bodies import release_upload_slot
 from .context import backend
 from .errors import ApiError
 
@@ -27,49 +28,50 @@ def _suffix(filename: str | None) -> str:
     return suffix if _SAFE_SUFFIX.match(suffix) else ""
 
 
-def decode_base64(value: str, field: str) -> bytes:
-    text = _DATA_URL.sub("", value.strip(), count=1)
+B64_CHUNK_CHARS = 4 * 1024**2  # a multiple of 4: each slice decodes on its own
+
+
+def _write_base64(value: str, field: str, path: Path) -> None:
+    """Decode base64 (plain or a data: URL) into `path` slice by slice: never a second copy in memory."""
+    text = value.strip() if len(value) < B64_CHUNK_CHARS else value  # big values: no stripped copy
+    match = _DATA_URL.match(text)
+    start = match.end() if match else 0
     try:
-        return base64.b64decode(text, validate=True)
+        with open(path, "wb") as out:
+            for i in range(start, len(text), B64_CHUNK_CHARS):
+                out.write(base64.b64decode(text[i:i + B64_CHUNK_CHARS], validate=True))
     except (binascii.Error, ValueError):
+        path.unlink(missing_ok=True)
         raise ApiError(400, f"{field}: not valid base64 (or a base64 data: URL)", param=field,
                        code="invalid_base64") from None
 
 
-def upload_bytes(field: str, *, json_body: dict | None = None, required: bool = True) -> tuple[bytes, str] | None:
-    """The bytes of `field` and its filename suffix, from multipart or from a base64 JSON value."""
+def save_upload(field: str, *, json_body: dict | None = None, required: bool = True) -> Path | None:
+    """Store `field` (a multipart file, or base64 in a JSON field) under uploads/; its path, or None."""
     storage = request.files.get(field)
-    if storage is not None:
-        data = storage.read()
-        suffix = _suffix(storage.filename)
-    elif json_body is not None and isinstance(json_body.get(field), str):
-        data = decode_base64(json_body[field], field)
-        suffix = ""
-    else:
+    value = json_body.get(field) if json_body is not None and storage is None else None
+    if storage is None and not isinstance(value, str):
         if required:
             raise ApiError(400, f"{field}: a file is required (multipart field '{field}' or base64 in JSON)",
                            param=field, code="missing_file")
         return None
-    if not data:
-        raise ApiError(400, f"{field}: the file is empty", param=field, code="empty_file")
-    return data, suffix
-
-
-def save_upload(field: str, *, json_body: dict | None = None, required: bool = True) -> Path | None:
-    got = upload_bytes(field, json_body=json_body, required=required)
-    if got is None:
-        return None
-    data, suffix = got
     folder = backend().settings.data_dir / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}{suffix}"
-    path.write_bytes(data)
+    path = folder / f"{uuid.uuid4().hex}{_suffix(storage.filename) if storage is not None else ''}"
     g.setdefault("enfoads_uploads", []).append(path)
+    if storage is not None:
+        storage.save(path)  # copied in blocks from werkzeug's spooled part
+    else:
+        _write_base64(value, field, path)
+    if path.stat().st_size == 0:
+        raise ApiError(400, f"{field}: the file is empty", param=field, code="empty_file")
     return path
 
 
 def take_uploads() -> list[str]:
-    """The uploads this request saved, now owned by the caller (a job): the request won't delete them."""
+    """The uploads this request saved, now owned by the caller (a job): the request won't delete them.
+    The body is read and stored by then, so its upload slot goes to the next large upload."""
+    release_upload_slot()
     return [str(p) for p in g.pop("enfoads_uploads", [])]
 
 

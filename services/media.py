@@ -3,9 +3,11 @@ encoding audio, decoding images safely. Errors are ServiceErrors a user can act 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -71,32 +73,74 @@ def probe(path: Path) -> MediaInfo:
         )
 
 
-def decode_audio(path: Path, sample_rate: int = 16000, *, max_seconds: float | None = None) -> np.ndarray:
-    """The first audio stream as mono float32 in [-1, 1] at `sample_rate`."""
+def check_video_limits(info: MediaInfo, *, max_seconds: float, max_pixels: int, param: str = "file",
+                       what: str = "the video") -> None:
+    """Refuse a video that cannot be bounded before decoding: no known duration (a raw stream with
+    no container: its frames carry no times, 400), longer or larger than the limits (413)."""
+    if not info.duration or info.duration <= 0:
+        raise InvalidInput(f"{what} does not say how long it lasts (a raw stream without a container, or "
+                           "frames without timestamps); put it in an MP4, MKV or WebM container",
+                           param=param, code="unknown_duration")
+    if info.duration > max_seconds:
+        raise TooLarge(f"{what} lasts {info.duration:.1f} s; the limit is {max_seconds:g} s", param=param,
+                       code="video_too_long")
+    if info.width and info.height and info.width * info.height > max_pixels:
+        raise TooLarge(f"{what} is {info.width}x{info.height}; the limit is {max_pixels:,} pixels per frame",
+                       param=param, code="video_too_large")
+
+
+def max_frames(max_seconds: float, fps: Fraction) -> int:
+    """The most frames `max_seconds` of video may hold at `fps` (one more for rounding)."""
+    return math.ceil(max_seconds * float(fps)) + 1
+
+
+def iter_audio(path: Path, sample_rate: int = 16000, *, window_samples: int,
+               max_seconds: float | None = None) -> Iterator[np.ndarray]:
+    """The first audio stream as mono float32 in [-1, 1] at `sample_rate`, in windows of
+    `window_samples` (the last one shorter). Memory stays at about one window whatever the file's
+    length; `max_seconds` counts the decoded samples (a container's duration can lie or be missing).
+    Decoding pauses at each window until the caller asks for the next (a cancelled job stops there)."""
     import av
 
+    limit = int(max_seconds * sample_rate) if max_seconds else None
     with _open(path) as container:
         if not container.streams.audio:
             raise InvalidInput("the file has no audio stream", param="file", code="no_audio")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks: list[np.ndarray] = []
-        total = 0
-        limit = int(max_seconds * sample_rate) if max_seconds else None
+        pending: list[np.ndarray] = []
+        buffered = total = 0
         try:
             for frame in container.decode(audio=0):
                 for out in resampler.resample(frame):
                     chunk = out.to_ndarray().reshape(-1)
-                    chunks.append(chunk)
+                    pending.append(chunk)
+                    buffered += chunk.size
                     total += chunk.size
                 if limit is not None and total > limit:
                     raise TooLarge(f"the audio is longer than the {max_seconds:g} s limit", param="file",
                                    code="too_long")
+                while buffered >= window_samples:
+                    joined = np.concatenate(pending)
+                    pending, buffered = [joined[window_samples:]], joined.size - window_samples
+                    yield np.clip(joined[:window_samples], -1.0, 1.0)
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                pending.append(out.to_ndarray().reshape(-1))
+                total += pending[-1].size
         except av.error.FFmpegError as exc:
             raise InvalidInput(f"the audio could not be decoded: {exc}", param="file", code="bad_audio") from None
-    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    return np.clip(audio, -1.0, 1.0)
+    if limit is not None and total > limit:
+        raise TooLarge(f"the audio is longer than the {max_seconds:g} s limit", param="file", code="too_long")
+    rest = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+    if rest.size:
+        yield np.clip(rest, -1.0, 1.0)
+
+
+def decode_audio(path: Path, sample_rate: int = 16000, *, max_seconds: float | None = None) -> np.ndarray:
+    """The first audio stream as one mono float32 array in [-1, 1] at `sample_rate` (for short
+    clips: long media go through `iter_audio`)."""
+    window = int((max_seconds or 600) * sample_rate) + 1
+    chunks = list(iter_audio(path, sample_rate, window_samples=window, max_seconds=max_seconds))
+    return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
 
 
 def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
@@ -142,7 +186,13 @@ def load_image(data: bytes, *, max_pixels: int, param: str = "image"):
             raise TooLarge(f"the image is {width}x{height}; the limit is {max_pixels:,} pixels", param=param,
                            code="image_too_large")
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # Pillow refuses huge headers itself, before we see the size
+        raise TooLarge(f"the image has more pixels than the {max_pixels:,} pixel limit", param=param,
+                       code="image_too_large") from None
+    except UnidentifiedImageError:  # its message names our in-memory buffer, not the user's file
+        raise InvalidInput("not a readable image: use PNG, JPEG or WebP", param=param,
+                           code="invalid_image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"not a readable image: {exc}", param=param, code="invalid_image") from None
     return img.convert("RGB")
 

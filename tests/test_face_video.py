@@ -142,3 +142,16 @@ def test_over_the_resolution_limit_is_413(live_server, make_settings, face_model
 def test_no_face_in_source_is_422_before_any_frame(server, clip):
     r = post_video(server, clip.read_bytes(), source=fm.png())
     assert r.status_code == 422 and r.json()["error"]["message"] == "no face found in source image"
+
+
+def test_a_raw_stream_without_duration_is_400_before_any_frame(server, tmp_path):
+    # a bare H.264 stream: no container duration, frames without times (nothing would bound the job)
+    from tests.whisper_media import ffmpeg
+
+    raw = tmp_path / "t.h264"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-t", "20", "-c:v", "libx264", "-f", "h264", str(raw))
+    r = post_video(server, raw.read_bytes(), name="t.h264")
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "unknown_duration" and err["param"] == "target" and "container" in err["message"]
+    assert get(server, "/jobs").json()["data"] == []  # refused before queueing

@@ -62,3 +62,29 @@ def test_images_decode_and_bad_ones_are_refused():
         media.load_image(buf.getvalue()[:60], max_pixels=10_000)
     for fmt in ("png", "jpeg", "webp"):
         assert Image.open(io.BytesIO(media.encode_image(img, fmt))).format.lower() == fmt
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` (what a decompression bomb sends)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_a_huge_image_header_is_too_large_not_invalid():
+    # 900 Mpx: past Pillow's own bomb guard, which fires before our size check could
+    with pytest.raises(TooLarge) as err:
+        media.load_image(_png_header_only(30000, 30000), max_pixels=40_000_000)
+    assert err.value.code == "image_too_large" and "40,000,000" in err.value.message
+
+
+def test_an_unreadable_image_message_names_no_python_object():
+    with pytest.raises(InvalidInput) as err:
+        media.load_image(b"this is text, not an image" * 10, max_pixels=10_000)
+    assert err.value.code == "invalid_image"
+    assert "BytesIO" not in err.value.message and "0x" not in err.value.message

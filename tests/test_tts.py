@@ -342,6 +342,26 @@ def test_socketio_speak_streams_chunks(server, slowed):
     assert got[2][1]["engine"] == "chatterbox-es-latam"
 
 
+def test_socketio_client_that_leaves_cancels_its_stream_job(server, slowed, wait_for):
+    import socketio
+
+    first = threading.Event()
+    sio = socketio.Client()
+    sio.on("audio", lambda data: first.set(), namespace="/tts")
+    sio.connect(server.url, namespaces=["/tts"], auth={"token": API_KEY}, transports=["polling"])
+    sio.emit("speak", {"text": TWO_SENTENCES, "chunk_size": 50}, namespace="/tts")
+    assert first.wait(120)  # the job now holds its second chunk until the test lets it go
+    jobs = requests.get(f"{server.url}/jobs", headers=H, timeout=10).json()["data"]
+    job_id = next(j["id"] for j in jobs if j["kind"] == "tts.stream" and j["status"] == "running")
+    sio.disconnect()
+    manager = server.app.extensions["enfoads"].jobs
+    wait_for(lambda: job_id in manager._cancel_requested, timeout=30)
+    slowed.first_bytes_seen.set()
+    job = wait_for(lambda: (j := manager.get(job_id)).status in ("succeeded", "failed", "cancelled") and j,
+                   timeout=60)
+    assert job.status == "cancelled"
+
+
 def test_service_speaks_sentence_by_sentence_without_http(server):
     svc = server.app.extensions["enfoads.tts"]
     pieces = list(svc.speak(TWO_SENTENCES, language="es", chunk_size=50))

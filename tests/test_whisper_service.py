@@ -161,3 +161,52 @@ def test_ass_keeps_speech_from_becoming_override_tags():
     subs = pysubs2.SSAFile.from_string(ass)
     assert subs.info["PlayResY"] == "240" and subs.styles["Default"].alignment == 8
     assert "{" not in subs[0].text and "\\b1" not in subs[0].text
+
+
+@pytest.fixture(scope="module")
+def two_sentences(media_dir):
+    """Speech, 4 s of silence, speech, 2 s of silence (~14 s): a file longer than a short window."""
+    from services.media import decode_audio, encode_audio
+
+    speech = decode_audio(media_dir / "speech.wav")
+    gap = np.zeros(16000 * 4, np.float32)
+    audio = np.concatenate([speech, gap, speech, gap[:32000]])
+    path = media_dir / "two.wav"
+    path.write_bytes(encode_audio(audio, 16000, "wav"))
+    return path, speech.size / 16000, audio.size / 16000
+
+
+def test_long_files_are_transcribed_window_by_window_on_one_timeline(service, two_sentences):
+    path, speech_s, total_s = two_sentences
+    whole = service.transcribe_file(path, fast(service))
+    windowed_service = WhisperService(service.env, default_model="base", beam_size=1, window_seconds=5)
+    seen = []
+    windowed = windowed_service.transcribe_file(path, fast(service), progress=lambda f, m: seen.append(f))
+    assert windowed["duration"] == whole["duration"] == pytest.approx(total_s, abs=0.01)
+    assert_timeline(windowed)
+    # the second sentence is found where it is in the file, not at the start of its window
+    assert any(seg["start"] >= speech_s + 3.5 for seg in windowed["segments"])
+    # no speech lost or doubled at the cuts
+    assert windowed["speech_duration"] == pytest.approx(whole["speech_duration"], abs=1.0)
+    # one progress step per window at least, rising to the end
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and len(seen) >= 3
+
+
+def test_a_window_ends_inside_a_pause(two_sentences):
+    from services.media import decode_audio
+    from services.whisper.transcriber import _pause_near_end
+
+    path, speech_s, _ = two_sentences
+    audio = decode_audio(path)
+    window = audio[: int((speech_s + 2.5) * 16000)]  # speech, then 2.5 s of the pause
+    cut = _pause_near_end(window, search_s=4.0) / 16000
+    assert speech_s < cut < speech_s + 2.5
+
+
+def test_long_audio_decodes_in_windows_of_bounded_size(media_dir):
+    from services.media import iter_audio
+
+    sizes = [w.size for w in iter_audio(media_dir / "silence.wav", 16000, window_samples=16000)]
+    assert sizes == [16000, 16000, 16000]
+    with pytest.raises(TooLarge):
+        list(iter_audio(media_dir / "silence.wav", 16000, window_samples=16000, max_seconds=2.0))

@@ -121,3 +121,18 @@ def test_burning_known_cues_odd_sized_video(tmp_path):
     assert inside.shape[:2] == (240, 320)
     assert np.abs(inside[: h // 3] - wm.frame_at(src, 0.5)[:240, :320][: h // 3]).max() > 100
     assert np.abs(outside - wm.frame_at(src, info.duration - 0.2)[:240, :320]).mean() < 4
+
+
+def test_a_raw_stream_without_duration_is_400(server, tmp_path):
+    raw = tmp_path / "t.h264"
+    wm.ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25", "-t", "20", "-c:v", "libx264", "-f", "h264", str(raw))
+    r = post(server, raw, {})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_duration"
+
+
+def test_frames_over_the_size_limit_are_413(live_server, make_settings, smoke_models, clip):
+    server = live_server(make_settings(models_dir=smoke_models("whisper"), whisper_video_max_pixels=100 * 100))
+    r = post(server, clip, {})
+    assert r.status_code == 413
+    err = r.json()["error"]
+    assert err["code"] == "video_too_large" and "320x240" in err["message"] and "10,000 pixels" in err["message"]

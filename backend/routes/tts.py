@@ -339,6 +339,32 @@ class TtsNamespace(AuthedNamespace):
     def __init__(self, namespace: str, b, app):
         super().__init__(namespace, b)
         self.app = app
+        # The stream jobs of each connected client: a client that leaves takes its jobs with it
+        # (as an HTTP stream's reader does), or they would run to the end for nobody.
+        self._jobs: dict[str, set[str]] = {}
+        self._jobs_lock = threading.Lock()
+
+    def on_authed_connect(self):
+        with self._jobs_lock:
+            self._jobs[request.sid] = set()
+
+    def on_disconnect(self, reason=None):
+        with self._jobs_lock:
+            jobs = self._jobs.pop(request.sid, set())
+        for job_id in jobs:
+            self.backend.jobs.cancel(job_id)
+
+    def _track(self, sid: str, job_id: str) -> bool:
+        """Tie `job_id` to `sid`; False when the client already left."""
+        with self._jobs_lock:
+            if sid not in self._jobs:
+                return False
+            self._jobs[sid].add(job_id)
+            return True
+
+    def _untrack(self, sid: str, job_id: str) -> None:
+        with self._jobs_lock:
+            self._jobs.get(sid, set()).discard(job_id)
 
     def _send(self, event, data, to):
         self.backend.socketio.emit(event, data, namespace=self.namespace, to=to)
@@ -355,13 +381,19 @@ class TtsNamespace(AuthedNamespace):
                     req = _speech_request(body, text=body.text, model=body.model,
                                           voice=body.voice or body.predefined_voice_id)
                     plan, job, out, stream_id = _start_stream(req, "text")
-                    for kind, value in _drain(job, out, stream_id):
-                        if kind == "chunk":
-                            self._send("audio", {"request_id": data.get("request_id"), "index": value.index,
-                                                "total": value.total, "text": value.text,
-                                                "sample_rate": value.sample_rate, "format": "pcm_s16le",
-                                                "audio": encode_audio(value.samples, value.sample_rate, "pcm")},
-                                      to=sid)
+                    if not self._track(sid, job.id):
+                        self.backend.jobs.cancel(job.id)
+                    try:
+                        for kind, value in _drain(job, out, stream_id):
+                            if kind == "chunk":
+                                self._send("audio", {"request_id": data.get("request_id"), "index": value.index,
+                                                    "total": value.total, "text": value.text,
+                                                    "sample_rate": value.sample_rate, "format": "pcm_s16le",
+                                                    "audio": encode_audio(value.samples, value.sample_rate,
+                                                                          "pcm")},
+                                           to=sid)
+                    finally:
+                        self._untrack(sid, job.id)
                     self._send("done", {"request_id": data.get("request_id"), "engine": plan.engine.name,
                                        "routed_from": plan.routed_from}, to=sid)
                 except Exception as exc:  # every failure goes back to the client as an event

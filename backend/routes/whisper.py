@@ -14,9 +14,8 @@ from services.whisper import jobs as whisper_jobs
 from services.whisper.formats import MIME, check_format
 from services.whisper.subtitles import DEFAULT_MAX_LINE_CHARS, DEFAULT_MAX_LINES
 from services.whisper.transcriber import options_dict
-from services.whisper.video import check_video
 
-from ..api import doc, form_params, json_body, ok, seed_shape
+from ..api import doc, form_params, json_body, ok, raw_json, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
@@ -86,7 +85,7 @@ def _service() -> WhisperService:
 def _parse(model: type[BaseModel]):
     """The request's parameters (JSON or form) and the raw JSON body (for a base64 `file`)."""
     if request.mimetype == "application/json":
-        return json_body(model), request.get_json(silent=True)
+        return json_body(model), raw_json()
     return form_params(model), None
 
 
@@ -96,7 +95,7 @@ def _upload_media(raw_json: dict | None, *, video: bool = False) -> tuple[Path, 
     path = save_upload("file", json_body=raw_json)
     info = media.probe(path)
     if video:
-        check_video(info)
+        _service().check_video(info)
     if not info.has_audio:
         raise ApiError(400, "the file has no audio stream", param="file", code="no_audio")
     _service().check_duration(info.duration)
@@ -216,7 +215,8 @@ def install(app, b) -> None:
     default = s.whisper_model if s.whisper_model != "auto" else ("base" if s.profile == "smoke" else "large-v3-turbo")
     service = WhisperService(b.model_env, default_model=default, compute_type=s.whisper_compute_type,
                              default_language=s.whisper_language, beam_size=s.whisper_beam_size,
-                             cpu_threads=s.whisper_cpu_threads, max_seconds=s.whisper_max_seconds)
+                             cpu_threads=s.whisper_cpu_threads, max_seconds=s.whisper_max_seconds,
+                             video_max_pixels=s.whisper_video_max_pixels, window_seconds=s.whisper_window_seconds)
     app.extensions["enfoads.whisper"] = service
     b.whisper = service
     b.jobs.register(whisper_jobs.TRANSCRIBE, lambda params, ctx: whisper_jobs.transcribe_job(service, params, ctx))

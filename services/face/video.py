@@ -23,19 +23,15 @@ Progress = Callable[[float, str], None]
 
 def check_video(path: Path, cfg: FaceConfig, param: str = "target") -> media.MediaInfo:
     """Refuse what cannot be processed before any frame is decoded: not media (415), no video
-    stream (400), longer or larger than the settings allow (413)."""
+    stream or no known duration (400), longer or larger than the settings allow (413)."""
     try:
         info = media.probe(path)
     except (InvalidInput, UnsupportedMedia) as exc:
         raise type(exc)(exc.message.replace("the file", "the target video"), param=param, code=exc.code) from None
     if not info.has_video:
         raise InvalidInput("the target file has no video stream", param=param, code="no_video")
-    if info.duration > cfg.video_max_seconds:
-        raise TooLarge(f"the video lasts {info.duration:.1f} s; the limit is {cfg.video_max_seconds:g} s",
-                       param=param, code="video_too_long")
-    if info.width and info.height and info.width * info.height > cfg.video_max_pixels:
-        raise TooLarge(f"the video is {info.width}x{info.height}; the limit is {cfg.video_max_pixels:,} pixels "
-                       "per frame", param=param, code="video_too_large")
+    media.check_video_limits(info, max_seconds=cfg.video_max_seconds, max_pixels=cfg.video_max_pixels,
+                             param=param, what="the target video")
     return info
 
 
@@ -95,13 +91,16 @@ def _transcode(vram, service, src_face, target, out_path, info, target_indices, 
                                           layout=aout.codec_context.layout.name, rate=aout.codec_context.sample_rate)
 
         total = vin.frames or max(1, round(info.duration * float(rate)))
+        # The container's duration was checked, but a stream may hold more frames than it says.
+        frame_cap = media.max_frames(cfg.video_max_seconds, rate)
         frames = with_faces = swaps = 0
         last_pts = None
         streams = [vin] + ([ain] if ain is not None else [])
         for packet in inp.demux(*streams):
             if packet.stream.index == vin.index:
                 for frame in packet.decode():
-                    if frame.time is not None and frame.time > cfg.video_max_seconds + 1:
+                    late = frame.time is not None and frame.time > cfg.video_max_seconds + 1
+                    if late or frames >= frame_cap:
                         raise TooLarge(f"the video runs past the {cfg.video_max_seconds:g} s limit",
                                        param="target", code="video_too_long")
                     img = frame.to_ndarray(format="bgr24")

@@ -13,7 +13,7 @@ from services import media
 from .formats import write_all
 from .subtitles import cues_from_segments
 from .transcriber import TranscribeOptions, WhisperService
-from .video import SubtitleStyle, check_video, subtitle_video
+from .video import SubtitleStyle, subtitle_video
 
 TRANSCRIBE = "whisper.transcribe"
 SUBTITLE_VIDEO = "whisper.subtitle_video"
@@ -34,7 +34,7 @@ def subtitle_video_job(service: WhisperService, params: dict, ctx) -> dict:
     style = SubtitleStyle(**params.get("style", {}))
     lines = {"max_line_chars": style.max_line_chars, "max_lines": style.max_lines}
     info = media.probe(path)  # again: a job resumed after a restart was checked by another process
-    check_video(info)
+    service.check_video(info)
     result = service.transcribe_file(
         path, TranscribeOptions(**params["options"]), model=params.get("model"),
         progress=lambda f, m: ctx.progress(f * TRANSCRIBE_SHARE, m))

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from services.vram import Runtime
 
 from .languages import normalize_language
 from .timeline import normalize
+from .video import check_video
 
 log = logging.getLogger("enfoads.whisper")
 
@@ -35,6 +36,9 @@ SIZES = {"large-v3-turbo": "whisper-large-v3-turbo", "small": "whisper-small", "
 OPENAI_MODEL = "whisper-1"  # what OpenAI clients send: our default model
 TASKS = ("transcribe", "translate")
 MAX_PROMPT_CHARS = 1000  # Whisper keeps at most 223 prompt tokens; longer text is cut anyway
+HOP_LENGTH = 160  # samples per mel frame: the unit of a segment's `seek`
+CUT_SEARCH_S = 30.0  # a window ends at a pause found in its last this-many seconds (a quarter of short windows)
+MIN_PAUSE_S = 0.2
 
 Progress = Callable[[float, str], None]
 
@@ -53,7 +57,7 @@ class TranscribeOptions:
 class WhisperService:
     def __init__(self, model_env, *, default_model: str = "large-v3-turbo", compute_type: str = "auto",
                  default_language: str | None = "es", beam_size: int = 5, cpu_threads: int = 0,
-                 max_seconds: float = 4 * 3600):
+                 max_seconds: float = 4 * 3600, video_max_pixels: int = 1920 * 1088, window_seconds: float = 300):
         self.env = model_env
         self.default_key = SIZES[default_model]
         self.compute_type = ctranslate2_compute_type(model_env.device) if compute_type == "auto" else compute_type
@@ -61,6 +65,8 @@ class WhisperService:
         self.beam_size = beam_size
         self.cpu_threads = cpu_threads
         self.max_seconds = max_seconds
+        self.video_max_pixels = video_max_pixels
+        self.window_samples = int(window_seconds * SAMPLE_RATE)
         for key in SIZES.values():
             model_env.vram.register(self.vram_name(key), self._loader(key), runtime=Runtime.CTRANSLATE2,
                                     estimate_bytes=manifest.vram_estimate(key, self.compute_type),
@@ -131,24 +137,27 @@ class WhisperService:
             raise TooLarge(f"the media lasts {seconds:.0f} s; the limit is {self.max_seconds:g} s", param="file",
                            code="too_long")
 
-    def decode(self, path: Path) -> tuple[np.ndarray, media.MediaInfo]:
-        """The file's audio at 16 kHz mono, refusing non-media (415), no audio / empty (400), too long (413)."""
+    def check_video(self, info: media.MediaInfo) -> None:
+        check_video(info, max_seconds=self.max_seconds, max_pixels=self.video_max_pixels)
+
+    def transcribe_file(self, path: Path, options: TranscribeOptions | None = None, *, model: str | None = None,
+                        progress: Progress | None = None) -> dict:
+        """Transcribe any audio/video file, refusing non-media (415), no audio / empty (400), too long
+        (413). The audio is decoded window by window into the model: memory stays at about one window
+        however long the file is, and a cancelled job stops within a window."""
+        path = Path(path)
         info = media.probe(path)
         if not info.has_audio:
             raise InvalidInput("the file has no audio stream", param="file", code="no_audio")
         self.check_duration(info.duration)
-        audio = media.decode_audio(path, SAMPLE_RATE, max_seconds=self.max_seconds)
-        if audio.size == 0:
-            raise InvalidInput("the file's audio stream is empty", param="file", code="empty_audio")
-        return audio, info
-
-    def transcribe_file(self, path: Path, options: TranscribeOptions | None = None, *, model: str | None = None,
-                        progress: Progress | None = None) -> dict:
-        audio, info = self.decode(Path(path))
+        options = options or self.options()
+        key = self.model_key(model)
+        windows = media.iter_audio(path, SAMPLE_RATE, window_samples=self.window_samples,
+                                   max_seconds=self.max_seconds)
         # Decoders may hand back a few ms more than the container's duration (codec padding): a
         # subtitle must not outlast the media a player shows.
-        duration = min(audio.size / SAMPLE_RATE, info.duration) if info.duration else None
-        return self.transcribe_array(audio, options, model=model, progress=progress, duration=duration)
+        return self.env.vram.run(self.vram_name(key), lambda m: self._run(m, key, windows, options, progress,
+                                                                          expected=info.duration or None))
 
     def transcribe_array(self, audio: np.ndarray, options: TranscribeOptions | None = None, *,
                          model: str | None = None, progress: Progress | None = None,
@@ -161,9 +170,10 @@ class WhisperService:
         self.check_duration(audio.size / SAMPLE_RATE)
         options = options or self.options()
         key = self.model_key(model)
-        duration = duration or audio.size / SAMPLE_RATE
-        return self.env.vram.run(self.vram_name(key),
-                                 lambda m: self._run(m, key, audio, duration, options, progress))
+        step = self.window_samples
+        windows = (audio[i:i + step] for i in range(0, audio.size, step))
+        return self.env.vram.run(self.vram_name(key), lambda m: self._run(m, key, windows, options, progress,
+                                                                          expected=duration))
 
     def language_probabilities(self, audio: np.ndarray, *, model: str | None = None) -> list[tuple[str, float]]:
         """Whisper's probability for each language it knows (most probable first) that `audio`
@@ -181,33 +191,59 @@ class WhisperService:
 
         return self.env.vram.run(self.vram_name(key), detect)
 
-    def _run(self, model, key: str, audio: np.ndarray, duration: float, opts: TranscribeOptions,
-             progress: Progress | None) -> dict:
+    def _run(self, model, key: str, windows: Iterator[np.ndarray], opts: TranscribeOptions,
+             progress: Progress | None, *, expected: float | None) -> dict:
+        """Transcribe consecutive windows of one recording as one timeline. Each window is cut at the
+        longest pause near its end (Silero VAD), the rest carried into the next one, so that no word is
+        split; segment times are shifted by where the window starts."""
         if opts.language and model.hf_tokenizer.token_to_id(f"<|{opts.language}|>") is None:
             raise InvalidInput(f"the model {key} does not know the language {opts.language!r}", param="language",
                                code="invalid_language")
         t0 = time.perf_counter()
-        segments, info = model.transcribe(
-            audio, language=opts.language, task=opts.task, beam_size=opts.beam_size,
-            temperature=opts.temperature if opts.temperature is not None else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-            vad_filter=opts.vad_filter, word_timestamps=opts.word_timestamps, initial_prompt=opts.initial_prompt)
+        language, language_probability = opts.language, None
         raw: list[dict] = []
-        for seg in segments:  # lazy: each step decodes one more window
-            raw.append(_segment_dict(seg))
-            if progress is not None:
-                done = min(seg.end, duration)
-                progress(done / duration if duration else 1.0, f"transcribed {done:.1f} of {duration:.1f} s")
+        speech = 0.0
+        offset = 0  # samples before the current piece
+        carry = np.zeros(0, np.float32)
+        detected = None
+        search_s = min(CUT_SEARCH_S, self.window_samples / SAMPLE_RATE / 4)
+        ahead = next(windows, None)
+        while ahead is not None:
+            buf = np.concatenate([carry, ahead]) if carry.size else ahead
+            ahead = next(windows, None)
+            cut = buf.size if ahead is None else _pause_near_end(buf, search_s)
+            piece, carry = buf[:cut], buf[cut:]
+            segments, info = model.transcribe(
+                piece, language=language, task=opts.task, beam_size=opts.beam_size,
+                temperature=opts.temperature if opts.temperature is not None else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                vad_filter=opts.vad_filter, word_timestamps=opts.word_timestamps,
+                initial_prompt=opts.initial_prompt)
+            start_s, piece_s = offset / SAMPLE_RATE, piece.size / SAMPLE_RATE
+            found = [_segment_dict(seg) for seg in _reporting(segments, start_s, piece_s, expected, progress)]
+            raw.extend(_shift(seg, start_s, offset) for seg in normalize(found, piece_s))
+            speech += float(info.duration_after_vad)
+            if detected is None and (info.duration_after_vad > 0 or ahead is None):
+                # The first window with speech decides the language for the rest of the file.
+                detected = info
+                language = language or info.language
+            offset += cut
+            if progress is not None:  # also where a cancelled job stops, between windows
+                _report(progress, offset / SAMPLE_RATE, expected)
+        if offset == 0:
+            raise InvalidInput("the file's audio stream is empty", param="file", code="empty_audio")
+        duration = offset / SAMPLE_RATE
+        duration = min(duration, expected) if expected else duration
         segs = normalize(raw, duration)
         words = [w for s in segs for w in (s.get("words") or [])]
         elapsed = time.perf_counter() - t0
         log.info("whisper %s: %.1f s of audio (%.1f s of speech) in %.1f s, language %s, %d segments", key,
-                 duration, info.duration_after_vad, elapsed, info.language, len(segs))
+                 duration, speech, elapsed, detected.language, len(segs))
         result = {
             "task": opts.task,
-            "language": info.language,
-            "language_probability": round(float(info.language_probability), 4),
+            "language": detected.language,
+            "language_probability": round(float(detected.language_probability), 4),
             "duration": round(duration, 3),
-            "speech_duration": round(float(info.duration_after_vad), 3),
+            "speech_duration": round(speech, 3),
             "model": key,
             "text": "".join(s["text"] for s in segs).strip(),
             "segments": segs,
@@ -215,6 +251,47 @@ class WhisperService:
         if opts.word_timestamps:
             result["words"] = words
         return result
+
+
+def _report(progress: Progress, done: float, expected: float | None) -> None:
+    if expected:
+        done = min(done, expected)
+        progress(done / expected, f"transcribed {done:.1f} of {expected:.1f} s")
+    else:  # a stream that does not say how long it is
+        progress(0.0, f"transcribed {done:.1f} s")
+
+
+def _reporting(segments, start_s: float, piece_s: float, expected: float | None, progress: Progress | None):
+    for seg in segments:  # lazy: each step runs the model on one more 30-s stretch
+        if progress is not None:  # a segment's end may run past its window: progress never goes back
+            _report(progress, start_s + min(seg.end, piece_s), expected)
+        yield seg
+
+
+def _shift(seg: dict, seconds: float, samples: int) -> dict:
+    out = dict(seg, start=seg["start"] + seconds, end=seg["end"] + seconds,
+               seek=seg["seek"] + samples // HOP_LENGTH)
+    if seg.get("words") is not None:
+        out["words"] = [dict(w, start=w["start"] + seconds, end=w["end"] + seconds) for w in seg["words"]]
+    return out
+
+
+def _pause_near_end(audio: np.ndarray, search_s: float) -> int:
+    """Where to end a window: the middle of the longest pause in its last `search_s` seconds (by
+    Silero VAD), or its end when that stretch is all speech or all silence."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    begin = max(0, audio.size - int(search_s * SAMPLE_RATE))
+    tail = audio[begin:]
+    spans = get_speech_timestamps(tail, VadOptions(min_silence_duration_ms=100, speech_pad_ms=0))
+    if not spans:
+        return audio.size
+    edges = [0] + [x for span in spans for x in (span["start"], span["end"])] + [tail.size]
+    gaps = [(edges[i + 1] - edges[i], edges[i], edges[i + 1]) for i in range(0, len(edges), 2)]
+    width, lo, hi = max(gaps)
+    if width < MIN_PAUSE_S * SAMPLE_RATE:
+        return audio.size
+    return begin + (lo + hi) // 2
 
 
 def _segment_dict(seg) -> dict:

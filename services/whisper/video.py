@@ -72,16 +72,21 @@ def _audio_args(codec: str | None) -> list[str]:
     return ["-c:a", "copy"] if codec in MP4_AUDIO else ["-c:a", "aac", "-b:a", "192k"]
 
 
-def check_video(info: media.MediaInfo) -> None:
+def check_video(info: media.MediaInfo, *, max_seconds: float, max_pixels: int) -> None:
+    """Refuse, before any work, a video that is not one (400), has no known duration (400: nothing
+    would bound the encoding), or is longer or larger than the limits (413)."""
     if not info.has_video:
         raise InvalidInput("the file has no video stream; use /transcribe for audio", param="file",
                            code="no_video")
+    media.check_video_limits(info, max_seconds=max_seconds, max_pixels=max_pixels)
 
 
 def subtitle_video(src: Path, out: Path, cues: list[Cue], *, info: media.MediaInfo, mode: str = "burn",
                    style: SubtitleStyle = SubtitleStyle(), crf: int = 20, progress: Progress | None = None) -> Path:
-    """Write `out` (mp4): `src` with `cues` burned in (`mode="burn"`) or as a mov_text track ("soft")."""
-    check_video(info)
+    """Write `out` (mp4): `src` with `cues` burned in (`mode="burn"`) or as a mov_text track ("soft").
+    `info` is the checked probe of `src`: the output stops at its duration, whatever the streams hold."""
+    if not info.has_video or not info.duration:
+        raise InvalidInput("the file has no video stream of known duration", param="file", code="no_video")
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}", param="mode")
     vcodec, acodec = _codecs(src)
@@ -108,7 +113,7 @@ def subtitle_video(src: Path, out: Path, cues: list[Cue], *, info: media.MediaIn
             video = ["-c:v", "copy"] if vcodec in MP4_VIDEO else x264
             args = ["-i", str(src), "-i", "subs.srt", *maps, "-map", "1:0", *video, *_audio_args(acodec),
                     "-c:s", "mov_text", "-metadata:s:s:0", "title=Subtitles"]
-        _run_ffmpeg([*args, "-movflags", "+faststart", str(Path(out).resolve())], cwd=work_dir,
+        _run_ffmpeg([*args, "-t", f"{info.duration:.3f}", "-movflags", "+faststart", str(Path(out).resolve())], cwd=work_dir,
                     duration=info.duration, progress=progress)
     return out
 
