@@ -12,6 +12,7 @@ from services.model_env import ModelEnv
 from services.vram import VramOffloader
 
 from . import auth
+from .api import ApiRequest
 from .context import Backend
 from .errors import install_error_handlers
 from .jobs import JobManager, JobStore
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
 
     app = Flask("enfoads")
+    app.request_class = ApiRequest
     # Behind ngrok (or Colab's proxy) URLs we hand out must carry the public scheme and host.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes

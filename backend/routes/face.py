@@ -14,7 +14,7 @@ from services.face import INSWAPPER, PACK, FaceConfig, FaceService
 from services.face.video import check_video, swap_video
 from services.media import image_mime
 
-from ..api import doc, form_params, json_body, ok
+from ..api import Upload, body_params, doc, ok, raw_json
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import current_owner, run_job
@@ -93,20 +93,18 @@ class VideoSwapOptions(_Options):
         return _indices(value)
 
 
+IMAGE = "image/png, image/jpeg, image/webp"
+VIDEO = "video/*"
+SWAP_FILES = {"source": Upload("the image with the face to use", IMAGE),
+              "target": Upload("the image whose faces are replaced", IMAGE)}
+
+
 # --------------------------------------------------------------------------- request helpers
 
 def _service() -> FaceService:
     from flask import current_app
 
     return current_app.extensions[_SERVICE_KEY]
-
-
-def _is_json() -> bool:
-    return request.mimetype == "application/json"
-
-
-def _options(model: type[BaseModel]):
-    return json_body(model) if _is_json() else form_params(model)
 
 
 def _asset(field: str, value: str) -> Path:
@@ -125,8 +123,7 @@ def _asset(field: str, value: str) -> Path:
 
 def _input(field: str, opts: BaseModel) -> Path:
     """The file for `field`: a multipart upload, base64 in JSON, or one of the caller's job outputs."""
-    body = opts.model_dump() if _is_json() else None
-    path = save_upload(field, json_body=body, required=False)
+    path = save_upload(field, json_body=raw_json(), required=False)
     if path is not None:
         return path
     asset = getattr(opts, f"{field}_asset", None)
@@ -140,9 +137,10 @@ def _input(field: str, opts: BaseModel) -> Path:
 
 @bp.post("/faces/detect")
 @doc(summary="Detect faces: box, score, 5 landmarks, age, gender (embedding on request), left to right",
-     tags=TAGS, form=DetectOptions, responses=ERRORS)
+     tags=TAGS, body=DetectOptions, form=DetectOptions, files={"image": Upload("the picture", IMAGE)},
+     responses=ERRORS)
 def detect():
-    opts = _options(DetectOptions)
+    opts = body_params(DetectOptions)
     image = _input("image", opts)
     params = {"image": str(image), "embedding": opts.embedding, "landmarks": opts.landmarks}
     return run_job("face.detect", params, lambda job: ok({"job_id": job.id, **job.result}))
@@ -150,9 +148,9 @@ def detect():
 
 @bp.post("/face-swap")
 @doc(summary="Put the source image's face on the target image's faces (all, or those chosen by index)",
-     tags=TAGS, form=SwapOptions, responses=ERRORS, content_type="image/png")
+     tags=TAGS, body=SwapOptions, form=SwapOptions, files=SWAP_FILES, responses=ERRORS, content_type="image/png")
 def face_swap():
-    opts = _options(SwapOptions)
+    opts = body_params(SwapOptions)
     source = _input("source", opts)
     target = _input("target", opts)
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
@@ -179,9 +177,10 @@ def face_swap():
 
 @bp.post("/face-swap/video")
 @doc(summary="Swap faces in a video (a job: per-frame progress, cancel; audio and frame rate kept)",
-     tags=TAGS, form=VideoSwapOptions, responses=ERRORS)
+     tags=TAGS, body=VideoSwapOptions, form=VideoSwapOptions, responses=ERRORS,
+     files={"source": SWAP_FILES["source"], "target": Upload("the video whose faces are replaced", VIDEO)})
 def face_swap_video():
-    opts = _options(VideoSwapOptions)
+    opts = body_params(VideoSwapOptions)
     source = _input("source", opts)
     target = _input("target", opts)
     check_video(target, _service().cfg)  # refuse before queueing what cannot be processed

@@ -57,9 +57,11 @@ class OpenAIImageBody(BaseModel):
 
     prompt: str = Field(..., max_length=4000)
     model: str | None = Field(None, description="sdxl-lightning[-1step|-2step|-4step|-8step]; OpenAI model names "
-                                                "(dall-e-3, gpt-image-1...) get the default")
+                                                "(dall-e-3, gpt-image-1...) get the default",
+                              json_schema_extra={"enum": [*sorted(OPENAI_MODEL_ALIASES), *map(model_id, STEPS), None]})
     n: int = Field(1, ge=1)
-    size: str | None = Field(None, description="WIDTHxHEIGHT, multiples of 8 (default 1024x1024); 'auto' = default")
+    size: str | None = Field(None, description="WIDTHxHEIGHT, multiples of 8 (default 1024x1024); 'auto' = default",
+                             json_schema_extra={"pattern": rf"^auto$|{SIZE_RE.pattern}"})
     response_format: Literal["url", "b64_json"] = "url"
     output_format: OutputFormat = "png"
     stream: Literal[False] | None = Field(None, description="streaming partial images is not supported")

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.media import audio_mime, encode_audio
 from services.tts.kyutai_engine import KyutaiOptions
-from services.tts.service import MAX_CHUNK, SpeechRequest, TtsService
+from services.tts.service import LANGUAGES, MAX_CHUNK, MODEL_IDS, SpeechRequest, TtsService
+from services.tts.voices import DEFAULT_VOICE, OPENAI_VOICES, VOICE_ID
 
-from ..api import doc, form_params, json_body, ok
+from ..api import Upload, body_params, doc, json_body, ok, raw_json
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import raise_for_job, run_job, submit
@@ -33,11 +34,18 @@ SPEECH_KIND, STREAM_KIND = "tts.speech", "tts.stream"
 _END = object()
 
 
+# The service checks models, languages and voices (with its own messages); these put them in the document.
+MODEL = {"enum": list(MODEL_IDS)}
+LANGUAGE = {"enum": [*LANGUAGES, None]}
+VOICE = {"anyOf": [{"enum": [DEFAULT_VOICE, *OPENAI_VOICES]}, {"type": "string", "pattern": VOICE_ID.pattern}],
+         "description": "a built-in voice, a predefined or cloned voice id (GET /v1/audio/voices)"}
+
+
 class SpeechParams(BaseModel):
     """Seed 004's parameters, shared by /tts and /v1/audio/speech."""
 
     model_config = ConfigDict(extra="forbid")
-    language: str | None = Field(None, description="ISO 639-1 code; default es")
+    language: str | None = Field(None, description="ISO 639-1 code; default es", json_schema_extra=LANGUAGE)
     temperature: float = Field(0.8, ge=0, le=1.5)
     exaggeration: float = Field(0.5, ge=0.25, le=2.0, description="emotion intensity; 0.5 is Chatterbox's neutral")
     cfg_weight: float = Field(0.5, ge=0.2, le=1.0)
@@ -49,7 +57,7 @@ class SpeechParams(BaseModel):
 
 class TtsBody(SpeechParams):
     text: str = Field(..., description="what to say")
-    model: str | None = None
+    model: str | None = Field(None, json_schema_extra={"enum": [*MODEL_IDS, None]})
     voice: str | None = Field(None, description="voice id (GET /v1/audio/voices); default: built-in voice")
     predefined_voice_id: str | None = Field(None, description="alias of voice (seed 004)")
     voice_mode: Literal["predefined", "clone"] | None = None
@@ -59,9 +67,9 @@ class TtsBody(SpeechParams):
 
 
 class OpenAISpeechBody(SpeechParams):
-    model: str = "chatterbox-multilingual"
+    model: str = Field("chatterbox-multilingual", json_schema_extra=MODEL)
     input: str
-    voice: str = "alloy"
+    voice: str = Field("alloy", json_schema_extra=VOICE)
     instructions: str | None = None  # accepted for compatibility; Chatterbox takes no instructions
     response_format: Format = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
@@ -70,7 +78,14 @@ class OpenAISpeechBody(SpeechParams):
 
 class CloneForm(BaseModel):
     name: str = Field("", max_length=100)
-    id: str | None = Field(None, description="optional id (a-z, 0-9, '-', '_')")
+    # The pattern is documented here and checked by the voice store (one rule for every way in).
+    id: str | None = Field(None, description="optional id (a-z, 0-9, '-', '_')",
+                           json_schema_extra={"pattern": VOICE_ID.pattern})
+
+
+class VoicePath(BaseModel):
+    """Documents the path parameter (the voice store checks it)."""
+    voice_id: str = Field(..., pattern=VOICE_ID.pattern, description="a cloned voice's id")
 
 
 def service() -> TtsService:
@@ -280,19 +295,18 @@ def list_voices():
 @bp.post("/v1/audio/voices")
 @bp.post("/v1/voices")
 @doc(summary="Clone a voice from a 5-30 s reference clip (multipart 'file', optional 'name', 'id')",
-     tags=["tts"], form=CloneForm, responses={400: "clip not usable", 413: "too large"})
+     tags=["tts"], body=CloneForm, form=CloneForm, responses={400: "clip not usable", 413: "too large"},
+     files={"file": Upload("the reference clip (5-30 s of one voice)", "audio/*, video/*", required=True)})
 def create_voice():
-    form = form_params(CloneForm)
-    body = request.get_json(silent=True) if request.is_json else None
-    path = save_upload("file", json_body=body)  # deleted when the request ends
-    voice = service().voices.clone(path, name=form.name or (body or {}).get("name", ""),
-                                   voice_id=form.id or (body or {}).get("id"))
+    form = body_params(CloneForm)
+    path = save_upload("file", json_body=raw_json())  # deleted when the request ends
+    voice = service().voices.clone(path, name=form.name, voice_id=form.id)
     return ok(voice.public(), status=201)
 
 
 @bp.delete("/v1/audio/voices/<voice_id>")
 @bp.delete("/v1/voices/<voice_id>")
-@doc(summary="Delete a cloned voice", tags=["tts"], responses={404: "no such voice"})
+@doc(summary="Delete a cloned voice", tags=["tts"], path=VoicePath, responses={404: "no such voice"})
 def delete_voice(voice_id: str):
     service().voices.delete(voice_id)
     return ok({"id": voice_id, "deleted": True})

@@ -19,6 +19,8 @@ from prefetch import manifest
 from ..errors import InvalidInput
 from . import audio, text as text_mod
 from .chatterbox_engine import CHATTERBOX_MODELS, ChatterboxEngine
+from .kyutai_engine import LANGUAGES as KYUTAI_LANGUAGES
+from .kyutai_engine import MODEL_KEY as KYUTAI_MODEL
 from .kyutai_engine import KyutaiEngine, KyutaiOptions
 from .voices import VoiceStore
 
@@ -27,6 +29,9 @@ log = logging.getLogger("enfoads.tts")
 DEFAULT_MODEL = "chatterbox-multilingual"
 MULTILINGUAL = "chatterbox-multilingual"
 MAX_CHUNK = 500
+# What the default engines offer (a service built with other engines answers for its own).
+MODEL_IDS = (*(spec.model_id for spec in CHATTERBOX_MODELS), KYUTAI_MODEL)
+LANGUAGES = tuple(sorted({lang for spec in CHATTERBOX_MODELS for lang in spec.languages} | set(KYUTAI_LANGUAGES)))
 
 
 @dataclass(frozen=True)
