@@ -46,7 +46,8 @@ class SpeechParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     language: str | None = Field(None, description="ISO 639-1 code; default es", json_schema_extra=LANGUAGE)
-    temperature: float = Field(0.8, ge=0, le=1.5)
+    # Sampling divides by the temperature: below 0.05 the probabilities overflow (NaN) and the model fails.
+    temperature: float = Field(0.8, ge=0.05, le=1.5)
     exaggeration: float = Field(0.5, ge=0.25, le=2.0, description="emotion intensity; 0.5 is Chatterbox's neutral")
     cfg_weight: float = Field(0.5, ge=0.2, le=1.0)
     speed_factor: float = Field(1.0, ge=0.25, le=4.0)

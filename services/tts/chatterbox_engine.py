@@ -117,6 +117,23 @@ CHATTERBOX_MODELS = (
 )
 
 
+# chatterbox#548: the multilingual model's alignment analyzer raises IndexError once generation is
+# complete when the text has 5 tokens or fewer with its start/stop tokens ("Sí", "OK", one emoji).
+MIN_TEXT_TOKENS = 4
+
+
+def _long_enough(tts, text: str, language: str) -> str:
+    """`text` as the model reads it, with trailing full stops (silence) added until it has enough tokens."""
+    from chatterbox.mtl_tts import punc_norm
+
+    text = punc_norm(text)
+    for _ in range(MIN_TEXT_TOKENS):
+        if tts.tokenizer.text_to_tokens(text, language_id=language).shape[-1] >= MIN_TEXT_TOKENS:
+            break
+        text += " ."
+    return text
+
+
 class ChatterboxEngine:
     """One Chatterbox checkpoint. Voices are reference clips turned into conditionals once."""
 
@@ -170,7 +187,7 @@ class ChatterboxEngine:
             tts.conds = self._conditionals(tts, voice, exaggeration).to(tts.device)
             kwargs = dict(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=temperature)
             if self.spec.kind == "multilingual":
-                wav = tts.generate(text, language_id=language, **kwargs)
+                wav = tts.generate(_long_enough(tts, text, language), language_id=language, **kwargs)
             elif self.spec.kind == "turbo":
                 wav = tts.generate(text, temperature=temperature)
             else:
