@@ -25,6 +25,15 @@ class Upload:
     description: str
     media_types: str  # the part's Content-Type(s), as OpenAPI's multipart `encoding` lists them
     required: bool = False
+    instead: str | None = None  # a field that may name the file instead (e.g. one of the caller's job outputs)
+
+
+def _one_of_required(schema: dict, files: dict[str, Upload]) -> None:
+    """Each file that another field may replace: one of the two is required."""
+    rules = [{"anyOf": [{"required": [field]}, {"required": [upload.instead]}]}
+             for field, upload in files.items() if upload.instead]
+    if rules:
+        schema["allOf"] = rules
 
 
 def doc(*, summary: str, tags: list[str], body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
@@ -164,9 +173,11 @@ def _json_content(spec, model: type[BaseModel], files: dict[str, Upload]) -> dic
         schema = copy.deepcopy(_model_schema(spec, model))
         for field, upload in files.items():
             schema.setdefault("properties", {})[field] = {
-                "type": "string", "format": "byte", "description": f"{upload.description}: base64 or a data: URL"}
+                "type": "string", "format": "byte", "minLength": 4,  # an empty file is refused
+                "description": f"{upload.description}: base64 or a data: URL"}
             if upload.required and field not in schema.setdefault("required", []):
                 schema["required"].append(field)
+        _one_of_required(schema, files)
         spec.components.schema(name, schema)
     return {"schema": {"$ref": f"#/components/schemas/{name}"}}
 
@@ -178,12 +189,13 @@ def _form_content(spec, model: type[BaseModel], files: dict[str, Upload]) -> dic
         props = {key: _without_null(value) for key, value in schema.get("properties", {}).items()}
         required = list(schema.get("required", []))
         for field, upload in files.items():
-            props[field] = {"type": "string", "format": "binary", "description": upload.description}
+            props[field] = {"type": "string", "format": "binary", "minLength": 1, "description": upload.description}
             if upload.required and field not in required:
                 required.append(field)
         schema["properties"] = props
         if required:
             schema["required"] = required
+        _one_of_required(schema, files)
         spec.components.schema(name, schema)
     content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{name}"}}
     if files:

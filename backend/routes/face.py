@@ -95,8 +95,8 @@ class VideoSwapOptions(_Options):
 
 IMAGE = "image/png, image/jpeg, image/webp"
 VIDEO = "video/*"
-SWAP_FILES = {"source": Upload("the image with the face to use", IMAGE),
-              "target": Upload("the image whose faces are replaced", IMAGE)}
+SWAP_FILES = {"source": Upload("the image with the face to use", IMAGE, instead="source_asset"),
+              "target": Upload("the image whose faces are replaced", IMAGE, instead="target_asset")}
 
 
 # --------------------------------------------------------------------------- request helpers
@@ -137,7 +137,7 @@ def _input(field: str, opts: BaseModel) -> Path:
 
 @bp.post("/faces/detect")
 @doc(summary="Detect faces: box, score, 5 landmarks, age, gender (embedding on request), left to right",
-     tags=TAGS, body=DetectOptions, form=DetectOptions, files={"image": Upload("the picture", IMAGE)},
+     tags=TAGS, body=DetectOptions, form=DetectOptions, files={"image": Upload("the picture", IMAGE, instead="image_asset")},
      responses=ERRORS)
 def detect():
     opts = body_params(DetectOptions)
@@ -178,7 +178,8 @@ def face_swap():
 @bp.post("/face-swap/video")
 @doc(summary="Swap faces in a video (a job: per-frame progress, cancel; audio and frame rate kept)",
      tags=TAGS, body=VideoSwapOptions, form=VideoSwapOptions, responses=ERRORS,
-     files={"source": SWAP_FILES["source"], "target": Upload("the video whose faces are replaced", VIDEO)})
+     files={"source": SWAP_FILES["source"],
+            "target": Upload("the video whose faces are replaced", VIDEO, instead="target_asset")})
 def face_swap_video():
     opts = body_params(VideoSwapOptions)
     source = _input("source", opts)

@@ -57,7 +57,7 @@ class SpeechParams(BaseModel):
 
 
 class TtsBody(SpeechParams):
-    text: str = Field(..., description="what to say")
+    text: str = Field(..., description="what to say", json_schema_extra={"pattern": r"\S"})
     model: str | None = Field(None, json_schema_extra={"enum": [*MODEL_IDS, None]})
     voice: str | None = Field(None, description="voice id (GET /v1/audio/voices); default: built-in voice")
     predefined_voice_id: str | None = Field(None, description="alias of voice (seed 004)")
@@ -69,7 +69,7 @@ class TtsBody(SpeechParams):
 
 class OpenAISpeechBody(SpeechParams):
     model: str = Field("chatterbox-multilingual", json_schema_extra=MODEL)
-    input: str
+    input: str = Field(..., json_schema_extra={"pattern": r"\S"})
     voice: str = Field("alloy", json_schema_extra=VOICE)
     instructions: str | None = None  # accepted for compatibility; Chatterbox takes no instructions
     response_format: Format = "mp3"
