@@ -28,14 +28,6 @@ class Upload:
     instead: str | None = None  # a field that may name the file instead (e.g. one of the caller's job outputs)
 
 
-def _one_of_required(schema: dict, files: dict[str, Upload]) -> None:
-    """Each file that another field may replace: one of the two is required."""
-    rules = [{"anyOf": [{"required": [field]}, {"required": [upload.instead]}]}
-             for field, upload in files.items() if upload.instead]
-    if rules:
-        schema["allOf"] = rules
-
-
 def doc(*, summary: str, tags: list[str], body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
         form: type[BaseModel] | None = None, files: dict[str, Upload] | None = None,
         path: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
@@ -163,6 +155,14 @@ def _without_null(schema: dict) -> dict:
     if schema.get("default", 0) is None:
         del schema["default"]
     return schema
+
+
+def _one_of_required(schema: dict, files: dict[str, Upload]) -> None:
+    """Each file that another field may replace: one of the two is required."""
+    rules = [{"anyOf": [{"required": [field]}, {"required": [upload.instead]}]}
+             for field, upload in files.items() if upload.instead]
+    if rules:
+        schema["allOf"] = rules
 
 
 def _json_content(spec, model: type[BaseModel], files: dict[str, Upload]) -> dict:
