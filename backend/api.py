@@ -158,8 +158,9 @@ def _without_null(schema: dict) -> dict:
 
 
 def _one_of_required(schema: dict, files: dict[str, Upload]) -> None:
-    """Each file that another field may replace: one of the two is required."""
-    rules = [{"anyOf": [{"required": [field]}, {"required": [upload.instead]}]}
+    """Each file that another field may replace: one of the two is required (and not null)."""
+    rules = [{"anyOf": [{"required": [field]},
+                        {"required": [upload.instead], "properties": {upload.instead: {"type": "string", "minLength": 1}}}]}
              for field, upload in files.items() if upload.instead]
     if rules:
         schema["allOf"] = rules

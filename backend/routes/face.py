@@ -30,6 +30,9 @@ ERRORS = {400: "bad parameter, unreadable image or face index out of range", 413
           "get them) or the CUDA provider failed to start"}
 
 
+ASSET = {"pattern": _ASSET.pattern}  # documents the `<job_id>/<file name>` form the route checks
+
+
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,7 +40,8 @@ class _Options(BaseModel):
 class DetectOptions(_Options):
     image: str | None = Field(None, description="JSON only: the image as base64 or a data: URL "
                                                 "(multipart: a file field named `image`)")
-    image_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
+    image_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`",
+                                    json_schema_extra=ASSET)
     embedding: bool = Field(False, description="add each face's 512-value normalised ArcFace embedding")
     landmarks: bool = Field(False, description="add the 106 2D and 68 3D landmarks and the head pose")
 
@@ -62,8 +66,10 @@ def _indices(value):
 class SwapOptions(_Options):
     source: str | None = Field(None, description="JSON only: the image with the face to use, base64 or data: URL")
     target: str | None = Field(None, description="JSON only: the image whose faces are replaced, base64")
-    source_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
-    target_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
+    source_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`",
+                                     json_schema_extra=ASSET)
+    target_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`",
+                                     json_schema_extra=ASSET)
     source_index: int = Field(0, ge=0, le=1000, description="which face of the source (left to right)")
     target_indices: list[int] | None = Field(None, description="faces of the target to replace (left to right, "
                                              "from 0); default: all. Multipart: `0,2` or repeated fields")
@@ -81,8 +87,8 @@ class SwapOptions(_Options):
 class VideoSwapOptions(_Options):
     source: str | None = Field(None, description="JSON only: the image with the face to use, base64")
     target: str | None = Field(None, description="JSON only: the target video, base64")
-    source_asset: str | None = None
-    target_asset: str | None = None
+    source_asset: str | None = Field(None, json_schema_extra=ASSET)
+    target_asset: str | None = Field(None, json_schema_extra=ASSET)
     source_index: int = Field(0, ge=0, le=1000)
     target_indices: list[int] | None = Field(None, description="faces to replace in each frame (left to right); "
                                              "default: all; an index a frame does not have is skipped there")
