@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stdout)
     server = Server(settings)
-    print(f"Local URL: {server.url}\nAPI key:   {server.api_key}", flush=True)
+    print(f"Local URL: {server.url}\nAPI key:   {server.key_for_display}", flush=True)
     if settings.public:
         from .tunnel import open_tunnel
 
         token = settings.ngrok_authtoken.get_secret_value() if settings.ngrok_authtoken else None
-        result = open_tunnel(server.port, authtoken=token)
+        result = open_tunnel(server.port, authtoken=token, domain=settings.ngrok_domain)
         print(result.message, flush=True)
     try:
         server.serve_forever()

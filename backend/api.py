@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Flask, Request, g, jsonify, request
@@ -272,9 +273,25 @@ class ErrorDetail(BaseModel):
 
 class ErrorEnvelope(BaseModel):
     error: ErrorDetail
+    status: str = "error"
+    message: str = ""
+
+
+def seed_shape(view):
+    """Mark a route the original backend had: its frontend checks `status == "success"` on 200 JSON
+    answers, so `ok()` adds that field there (OpenAI routes keep OpenAI's schema exactly)."""
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        g.seed_shape = True
+        return view(*args, **kwargs)
+
+    return wrapped
 
 
 def ok(payload: dict | list, status: int = 200, headers: dict | None = None):
+    if status == 200 and isinstance(payload, dict) and g.get("seed_shape"):
+        payload = {"status": "success", **payload}
     resp = jsonify(payload)
     resp.status_code = status
     if headers:

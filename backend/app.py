@@ -6,16 +6,18 @@ import logging
 from flask import Flask
 from flask_cors import CORS
 from flask_socketio import SocketIO
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from services.model_env import ModelEnv
-from services.vram import VramOffloader
+from services.vram import DeviceSpec, VramOffloader
 
 from . import auth
 from .api import ApiRequest
 from .context import Backend
+from .datadir import prepare_data_dir
 from .errors import install_error_handlers
 from .jobs import JobManager, JobStore
+from .logs import install_log_filters
+from .proxies import TrustedProxyFix
 from .routes import face as face_routes
 from .routes import image as image_routes
 from .routes import jobs as job_routes
@@ -24,6 +26,7 @@ from .routes import tts as tts_routes
 from .routes import vita as vita_routes
 from .routes import whisper as whisper_routes
 from .settings import GB, Settings, load_settings
+from .socket_guard import SocketGuard
 from .sockets import install_sockets
 from .uploads import install_upload_cleanup
 
@@ -47,13 +50,12 @@ CORS_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "Prefer", "ngrok-s
 
 
 def make_offloader(settings: Settings) -> VramOffloader:
-    device = settings.resolved_device
+    names = settings.offloader_devices
     budget = settings.vram_budget_gb
-    if budget is None and not device.startswith("cuda"):
+    if budget is None and not names[0].startswith("cuda"):
         budget = 15.0  # a T4's worth, so CPU runs make the same decisions Colab would
     return VramOffloader(
-        device=device,
-        budget_bytes=int(budget * GB) if budget else None,
+        devices=[DeviceSpec(name, int(budget * GB) if budget else None) for name in names],
         reserve_bytes=int(settings.vram_reserve_gb * GB),
         host_ram_budget_bytes=int(settings.host_ram_budget_gb * GB),
         idle_offload_s=settings.idle_offload_seconds,
@@ -62,13 +64,12 @@ def make_offloader(settings: Settings) -> VramOffloader:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    install_log_filters()
 
     app = Flask("enfoads")
     app.request_class = ApiRequest
-    # Behind ngrok (or Colab's proxy) URLs we hand out must carry the public scheme and host.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     origins = settings.cors_origins
@@ -79,15 +80,27 @@ def create_app(settings: Settings | None = None) -> Flask:
     # goes to a thread of its own.
     socketio = SocketIO(app, async_mode="threading", cors_allowed_origins="*" if origins == ["*"] else origins,
                         max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False)
+    # Only namespaces with handlers (ours, each checking the token) accept a CONNECT; `/`, which
+    # python-socketio accepts by default with no check, answers CONNECT_ERROR. (Set here: an empty
+    # list given to the constructor is read as its default, ['/'].)
+    socketio.server.namespaces = []
+    guard = SocketGuard(max_connections=settings.socket_max_connections,
+                        max_per_client=settings.socket_max_per_client, auth_timeout_s=settings.socket_auth_timeout_s)
+    guard.install(socketio.server)
+    # Outermost (around Socket.IO's middleware too): behind ngrok the URLs we hand out carry the
+    # public scheme and host, and the Socket.IO cap sees each client's own address.
+    app.wsgi_app = TrustedProxyFix(app.wsgi_app, settings.trusted_proxies)
 
     api_key = auth.load_or_create_key(settings.data_dir,
                                       settings.api_key.get_secret_value() if settings.api_key else None)
-    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max,
-                      retention_s=settings.job_retention_hours * 3600)
     vram = make_offloader(settings)
+    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max,
+                      retention_s=settings.job_retention_hours * 3600,
+                      interactive_burst=settings.interactive_burst, vram=vram)
     model_env = ModelEnv(models_dir=settings.models_dir, profile=settings.profile, device=settings.resolved_device,
                          dtype=settings.dtype_name, vram=vram, data_dir=settings.data_dir)
-    b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio)
+    b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio,
+                socket_guard=guard)
     app.extensions["enfoads"] = b
 
     install_error_handlers(app)
@@ -102,7 +115,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     jobs.start()
     b.vram.start_idle_thread()
     log.info("EnfoadsIA backend ready: profile=%s device=%s dtype=%s data=%s", settings.profile,
-             settings.resolved_device, settings.dtype_name, settings.data_dir)
+             vram.device, settings.dtype_name, settings.data_dir)
     return app
 
 
@@ -111,6 +124,7 @@ def shutdown_app(app: Flask) -> None:
     vita = app.extensions.get("vita")
     if vita is not None:  # its reaper thread and open sessions (with their VRAM pins) end here
         vita.stop()
+    b.socket_guard.stop()
     b.jobs.stop()
     b.vram.stop()
     b.jobs.store.close()

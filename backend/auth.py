@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flask import Flask, current_app, request
 
+from .datadir import make_private
 from .errors import ApiError
 
 log = logging.getLogger("enfoads.auth")
@@ -26,6 +27,7 @@ def load_or_create_key(data_dir: Path, configured: str | None) -> str:
         return configured
     path = data_dir / KEY_FILE
     if path.exists():
+        make_private(path, 0o600)  # a key file from an older version or a copy may be world-readable
         key = path.read_text().strip()
         if key:
             return key
@@ -43,8 +45,9 @@ def owner_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def key_matches(candidate: str | None, key: str) -> bool:
-    return bool(candidate) and hmac.compare_digest(candidate.encode(), key.encode())
+def key_matches(candidate: object, key: str) -> bool:
+    """Constant-time; anything but a non-empty string (a Socket.IO client may send any JSON) is wrong."""
+    return isinstance(candidate, str) and bool(candidate) and hmac.compare_digest(candidate.encode(), key.encode())
 
 
 def token_from_request() -> str | None:
@@ -54,7 +57,8 @@ def token_from_request() -> str | None:
     return request.headers.get("X-API-Key") or None
 
 
-def socket_token(auth) -> str | None:
+def socket_token(auth) -> object:
+    """What the client sent as its token, whatever its type: `key_matches` judges it."""
     if isinstance(auth, dict):
         return auth.get("token") or auth.get("api_key")
     return None

@@ -19,6 +19,7 @@ class Backend:
     vram: Any  # services.vram.VramOffloader
     model_env: Any  # services.model_env.ModelEnv
     socketio: Any
+    socket_guard: Any = None  # backend.socket_guard.SocketGuard
     started_at: float = field(default_factory=time.time)
     models: list[dict] = field(default_factory=list)  # /v1/models entries added by each family
     whisper: Any = None  # services.whisper WhisperService, once its family is installed

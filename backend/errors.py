@@ -17,6 +17,7 @@ log = logging.getLogger("enfoads.http")
 STATUS_BY_KIND = {
     "invalid": 400,
     "not_found": 404,
+    "conflict": 409,
     "too_large": 413,
     "unsupported_media": 415,
     "unprocessable": 422,
@@ -49,9 +50,10 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str, *, param=None, code=None, extra=None) -> dict:
+    """The OpenAI envelope, plus the original backend's `status`/`message` so its frontend reads it too."""
     err = {"type": TYPE_BY_STATUS.get(status, "server_error"), "code": code, "message": message, "param": param}
     err.update(extra or {})
-    return {"error": err}
+    return {"error": err, "status": "error", "message": message}
 
 
 def from_service_error(exc: ServiceError) -> ApiError:

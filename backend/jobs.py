@@ -1,9 +1,16 @@
 """Persistent jobs: every GPU-bound request runs as one.
 
-queued -> running (progress 0..1 + message) -> succeeded | failed | cancelled. Jobs live in SQLite
-(WAL) so nothing is lost on a crash; one worker thread runs them in order (one GPU); a failing job
-fails alone. At start-up a job found "running" was interrupted by a restart and becomes failed;
-queued jobs run again. The queue sits behind `JobManager` so a Redis engine can replace it later.
+queued -> running (progress 0..1 + message) <-> paused -> succeeded | failed | cancelled. Jobs live in
+SQLite (WAL) so nothing is lost on a crash; one worker thread runs them (one GPU); a failing job
+fails alone. At start-up a job found "running" or "paused" was interrupted by a restart and becomes
+failed; queued jobs run again. The queue sits behind `JobManager` so a Redis engine can replace it.
+
+Two lanes, one queue each: `interactive` (short by nature) runs before `batch` (videos, long audio).
+A batch job yields at its progress checkpoints while interactive work waits: the worker runs that
+work on the same thread (one GPU, no second worker), then the batch job resumes where it stopped.
+Fairness bound: a pause runs at most the interactive jobs waiting when it began (no more than
+`interactive_burst`), and a resumed batch job always advances one more checkpoint before it can
+yield again.
 """
 from __future__ import annotations
 
@@ -23,8 +30,11 @@ from services.errors import Cancelled, ServiceError
 
 log = logging.getLogger("enfoads.jobs")
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+QUEUED, RUNNING, PAUSED = "queued", "running", "paused"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINISHED = {SUCCEEDED, FAILED, CANCELLED}
+INTERACTIVE, BATCH = "interactive", "batch"
+LANES = (INTERACTIVE, BATCH)
 INTERRUPTED = "interrupted by restart"
 
 
@@ -43,6 +53,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     uploads: list = field(default_factory=list)  # input files this job owns: deleted when it ends
+    lane: str = INTERACTIVE
 
     def public(self) -> dict:
         data = asdict(self)
@@ -62,7 +73,7 @@ class JobStore:
     """SQLite job table. One connection shared under a lock: writes are small and rare."""
 
     COLUMNS = ("id", "kind", "owner", "status", "progress", "message", "params", "result", "error",
-               "created_at", "started_at", "finished_at", "uploads")
+               "created_at", "started_at", "finished_at", "uploads", "lane")
     JSON_COLUMNS = {"params", "result", "error", "uploads"}
 
     def __init__(self, path: Path):
@@ -75,7 +86,11 @@ class JobStore:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT NOT NULL,"
             " status TEXT NOT NULL, progress REAL NOT NULL, message TEXT NOT NULL, params TEXT, result TEXT,"
-            " error TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL, uploads TEXT)")
+            " error TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL, uploads TEXT,"
+            " lane TEXT NOT NULL DEFAULT 'interactive')")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "lane" not in columns:  # a database written before lanes existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN lane TEXT NOT NULL DEFAULT 'interactive'")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at)")
 
     def _row_to_job(self, row) -> Job:
@@ -121,14 +136,14 @@ class JobStore:
         return [self._row_to_job(r) for r in rows]
 
     def recover(self) -> list[Job]:
-        """Mark jobs left running by a dead process as failed; return queued jobs, oldest first."""
+        """Mark jobs left running (or paused) by a dead process as failed; return queued jobs, oldest first."""
         now = time.time()
         error = json.dumps({"kind": "interrupted", "message": INTERRUPTED})
         with self._lock:
-            interrupted = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status=?",
-                                           (RUNNING,)).fetchall()
-            self._db.execute("UPDATE jobs SET status=?, message=?, error=?, finished_at=? WHERE status=?",
-                             (FAILED, INTERRUPTED, error, now, RUNNING))
+            interrupted = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status IN (?, ?)",
+                                           (RUNNING, PAUSED)).fetchall()
+            self._db.execute("UPDATE jobs SET status=?, message=?, error=?, finished_at=? WHERE status IN (?, ?)",
+                             (FAILED, INTERRUPTED, error, now, RUNNING, PAUSED))
             rows = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status=? ORDER BY created_at",
                                     (QUEUED,)).fetchall()
         for row in interrupted:
@@ -160,11 +175,18 @@ class JobContext:
     def __init__(self, manager: "JobManager", job: Job):
         self._manager = manager
         self.job_id = job.id
+        self.lane = job.lane
         self.params = job.params
         self.output_dir = manager.outputs_dir / job.id
+        self.steps_since_resume = 0
 
     def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress; also the checkpoint where a batch job yields and where cancel is seen."""
         self._manager._progress(self.job_id, max(0.0, min(1.0, float(fraction))), message)
+        self.check_cancelled()
+        self.steps_since_resume += 1
+        if self.lane == BATCH:
+            self._manager._yield_to_interactive(self)
         self.check_cancelled()
 
     @property
@@ -184,21 +206,24 @@ class JobManager:
 
     PURGE_INTERVAL = 3600.0  # seconds between sweeps of expired jobs
 
-    def __init__(self, store: JobStore, outputs_dir: Path, *, queue_max: int = 32, retention_s: float = 0.0):
+    def __init__(self, store: JobStore, outputs_dir: Path, *, queue_max: int = 32, retention_s: float = 0.0,
+                 interactive_burst: int = 8, vram=None):
         self.store = store
         self.outputs_dir = outputs_dir
-        self.queue_max = queue_max
+        self.queue_max = queue_max  # per lane
+        self.interactive_burst = interactive_burst
+        self.vram = vram  # services.vram.VramOffloader: a paused job's models are pinned
         self.retention_s = retention_s  # 0: keep finished jobs and their files forever
         self._next_purge = 0.0
         self._handlers: dict[str, Handler] = {}
         self._listeners: list[Callable[[Job], None]] = []
-        self._queue: deque[str] = deque()
+        self._queues: dict[str, deque[str]] = {lane: deque() for lane in LANES}
         self._cond = threading.Condition()
         self._done: dict[str, threading.Event] = {}
         self._cancel_requested: set[str] = set()
         self._last_write: dict[str, float] = {}
-        self._durations: deque[float] = deque(maxlen=20)
-        self._orphans: dict[str, str] = {}  # recovered queued job id -> kind not registered yet
+        self._durations: dict[str, deque[float]] = {lane: deque(maxlen=20) for lane in LANES}
+        self._orphans: dict[str, Job] = {}  # recovered queued jobs whose kind is not registered yet
         self._live: dict[str, Job] = {}  # the running job, for progress events without a DB read
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -208,11 +233,11 @@ class JobManager:
         self._handlers[kind] = handler
         with self._cond:
             # Queued jobs recovered before their family registered (start-up order) resume now.
-            waiting = [job_id for job_id, k in self._orphans.items() if k == kind]
-            for job_id in waiting:
-                del self._orphans[job_id]
-                self._done[job_id] = threading.Event()
-                self._queue.append(job_id)
+            waiting = [job for job in self._orphans.values() if job.kind == kind]
+            for job in waiting:
+                del self._orphans[job.id]
+                self._done[job.id] = threading.Event()
+                self._queues[job.lane].append(job.id)
             if waiting:
                 self._cond.notify_all()
 
@@ -224,13 +249,15 @@ class JobManager:
             return
         with self._cond:
             for job in self.store.recover():
+                if job.id in self._done:
+                    continue  # submitted before start(): queued already
                 if job.kind in self._handlers:
-                    self._queue.append(job.id)
+                    self._queues[job.lane].append(job.id)
                     self._done[job.id] = threading.Event()
                 else:
-                    self._orphans[job.id] = job.kind
-        if self._queue or self._orphans:
-            log.info("resuming %d queued job(s) after restart", len(self._queue) + len(self._orphans))
+                    self._orphans[job.id] = job
+        if self.queue_length() or self._orphans:
+            log.info("resuming %d queued job(s) after restart", self.queue_length() + len(self._orphans))
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="enfoads-gpu-worker", daemon=True)
         self._thread.start()
@@ -244,17 +271,20 @@ class JobManager:
             self._thread = None
 
     # --- client side ------------------------------------------------------------------------
-    def submit(self, kind: str, params: dict, owner: str, *, uploads: list[str] | None = None) -> Job:
+    def submit(self, kind: str, params: dict, owner: str, *, uploads: list[str] | None = None,
+               lane: str = INTERACTIVE) -> Job:
         if kind not in self._handlers:
             raise KeyError(f"no handler for job kind {kind!r}")
+        if lane not in LANES:
+            raise ValueError(f"unknown lane {lane!r}")
         with self._cond:
-            if len(self._queue) >= self.queue_max:
-                raise QueueFull(self._retry_after())
+            if len(self._queues[lane]) >= self.queue_max:
+                raise QueueFull(self._retry_after(lane))
             job = Job(id=uuid.uuid4().hex, kind=kind, owner=owner, params=params, message="queued",
-                      uploads=list(uploads or []))
+                      uploads=list(uploads or []), lane=lane)
             self.store.insert(job)
             self._done[job.id] = threading.Event()
-            self._queue.append(job.id)
+            self._queues[lane].append(job.id)
             self._cond.notify_all()
         self._emit(job)
         return job
@@ -273,8 +303,9 @@ class JobManager:
         if job is None or job.status in FINISHED:
             return job
         with self._cond:
-            if job_id in self._queue:
-                self._queue.remove(job_id)
+            queue = self._queues[job.lane]
+            if job_id in queue:
+                queue.remove(job_id)
                 queued = True
             else:
                 queued = False
@@ -283,12 +314,16 @@ class JobManager:
             self._finish(job_id, CANCELLED, message="cancelled before it started")
         return self.store.get(job_id)
 
-    def queue_length(self) -> int:
-        return len(self._queue)
+    def queue_length(self, lane: str | None = None) -> int:
+        if lane is not None:
+            return len(self._queues[lane])
+        return sum(len(q) for q in self._queues.values())
 
-    def _retry_after(self) -> int:
-        per_job = sum(self._durations) / len(self._durations) if self._durations else 5.0
-        return max(1, int(per_job * (len(self._queue) + 1) + 0.999))
+    def _retry_after(self, lane: str) -> int:
+        """Seconds until the lane has room: its recent mean job time x the jobs ahead (5 s a job until measured)."""
+        durations = self._durations[lane]
+        per_job = sum(durations) / len(durations) if durations else 5.0
+        return max(1, int(per_job * (len(self._queues[lane]) + 1) + 0.999))
 
     # --- worker -------------------------------------------------------------------------------
     def purge_expired(self) -> list[str]:
@@ -311,20 +346,68 @@ class JobManager:
                 except Exception:
                     log.exception("purging expired jobs failed")
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self.queue_length() and not self._stopping:
                     if not self._cond.wait(timeout=max(0.0, self._next_purge - time.monotonic())):
                         break  # time for the next sweep
                 if self._stopping:
                     return
-                if not self._queue:
+                lane = next((lane for lane in LANES if self._queues[lane]), None)
+                if lane is None:
                     continue
-                job_id = self._queue.popleft()
-            try:
-                self._run(job_id)
-            except Exception:  # the worker must outlive any job
-                log.exception("job %s: bookkeeping failed", job_id)
-            finally:
-                self._live.pop(job_id, None)
+                job_id = self._queues[lane].popleft()
+            self._run_guarded(job_id)
+
+    def _run_guarded(self, job_id: str) -> None:
+        try:
+            self._run(job_id)
+        except Exception:  # the worker must outlive any job
+            log.exception("job %s: bookkeeping failed", job_id)
+        finally:
+            self._live.pop(job_id, None)
+
+    def _yield_to_interactive(self, ctx: JobContext) -> None:
+        """At a batch job's checkpoint: run the interactive jobs waiting now, then return to it."""
+        if ctx.steps_since_resume < 1 or threading.current_thread() is not self._thread:
+            return  # fairness: one step between pauses; never run jobs on a handler's helper thread
+        with self._cond:
+            if self._stopping or not self._queues[INTERACTIVE]:
+                return
+            burst = list(self._queues[INTERACTIVE])[: self.interactive_burst]
+        job = self._live.get(ctx.job_id)
+        reason = f"paused: {len(burst)} interactive job(s) first"
+        self._set_state(ctx.job_id, PAUSED, reason)
+        pinned = self._pin_models_of(job)
+        log.info("job %s %s", ctx.job_id[:8], reason)
+        try:
+            for job_id in burst:
+                with self._cond:
+                    if job_id not in self._queues[INTERACTIVE]:
+                        continue  # cancelled meanwhile
+                    self._queues[INTERACTIVE].remove(job_id)
+                self._run_guarded(job_id)
+        finally:
+            for name in pinned:
+                self.vram.unpin(name)
+            self._set_state(ctx.job_id, RUNNING, "resumed")
+            ctx.steps_since_resume = 0
+            if job is not None:
+                self._live[ctx.job_id] = job
+
+    def _pin_models_of(self, job: Job | None) -> list[str]:
+        """Pin what the paused job used, so its resume finds it resident unless VRAM was needed."""
+        if self.vram is None or job is None or job.started_at is None:
+            return []
+        names = self.vram.resident_used_since(job.started_at)
+        for name in names:
+            self.vram.pin(name)
+        return names
+
+    def _set_state(self, job_id: str, status: str, message: str) -> None:
+        self.store.update(job_id, status=status, message=message)
+        job = self._live.get(job_id)
+        if job is not None:
+            job.status, job.message = status, message
+            self._emit(job)
 
     def _run(self, job_id: str) -> None:
         job = self.store.get(job_id)
@@ -353,7 +436,7 @@ class JobManager:
             self._finish(job_id, FAILED, message=message,
                          error={"kind": getattr(exc, "kind", "internal"), "message": message})
         else:
-            self._durations.append(time.time() - started)
+            self._durations[job.lane].append(time.time() - started)
             self._finish(job_id, SUCCEEDED, message="done", result=result or {}, progress=1.0)
 
     def _finish(self, job_id: str, status: str, *, message: str = "", result: dict | None = None,

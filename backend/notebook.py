@@ -1,7 +1,8 @@
-"""What the Colab notebook's cells call, so that the cells stay a few lines each.
+"""What the notebook's cells call, so that the cells stay a few lines each.
 
-Works in three places: Colab (GPU runtime, secrets, Drive, tunnel), a plain Jupyter kernel, and
-the notebook's CI mode under nbmake (no `google.colab`: smoke models, no Drive, no tunnel).
+Works in four places: Colab (GPU runtime, secrets, Drive, tunnel), Kaggle (two T4s, secrets,
+/kaggle/working), a plain Jupyter kernel, and the notebook's CI mode under nbmake (neither: smoke
+models, no Drive, no tunnel).
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from pathlib import Path
 
 from services import diagnostics
 
+from . import runtime
 from .server import Server
 from .settings import Settings, load_settings
-from .tunnel import colab_secret
 
 log = logging.getLogger("enfoads.notebook")
 
@@ -26,11 +27,12 @@ _log_view: "LogView | None" = None
 
 
 def in_colab() -> bool:
-    try:
-        import google.colab  # noqa: F401  type: ignore[import-not-found]
-    except Exception:
-        return False
-    return True
+    return runtime.detect() == runtime.COLAB
+
+
+def in_notebook_runtime() -> bool:
+    """Colab or Kaggle: a GPU runtime with secrets, where the server is published."""
+    return runtime.detect() in (runtime.COLAB, runtime.KAGGLE)
 
 
 def find_repo_root(start: str | Path | None = None) -> Path:
@@ -65,6 +67,12 @@ def gpu_check() -> tuple[str, str | None]:
     if info["vram_total_gb"] < 14:
         warning = (f"this GPU has {info['vram_total_gb']:.1f} GB: the offloader will swap models more "
                    "often than on a 15 GB T4")
+    ort = diagnostics.onnxruntime_providers()
+    report += "\n" + ort_line(ort)
+    if not ort.get("cuda_ok") and "CUDAExecutionProvider" in (ort.get("built_with") or []):
+        # the build has CUDA but it does not start: face routes would answer 503 cuda_provider_failed
+        warning = ("ONNX Runtime's CUDA provider does not start: " + (ort.get("reason") or "")
+                   + (f". Fix: {ort['fix']}" if ort.get("fix") else "")) + (f"\n{warning}" if warning else "")
     return report, warning
 
 
@@ -192,6 +200,10 @@ def start_server(settings: Settings, *, show_log: bool = True) -> Server:
         if _server is not None and not getattr(_server, "_stopped", False):
             print(f"The server is already running at {_server.url} (started by an earlier run of this "
                   "cell); not starting a second one. Restart the runtime to start afresh.")
+            changed = settings_changes(_server.settings, settings)
+            if changed:
+                print("NOT APPLIED: " + "; ".join(changed) + ". The running server keeps its settings; "
+                      "to apply the new ones, restart the session (Runtime > Restart session), then run all cells.")
             return _server
         # Checked before building the app: werkzeug answers a taken port with sys.exit(1).
         if settings.port and not _port_free(settings.host, settings.port):
@@ -206,6 +218,18 @@ def start_server(settings: Settings, *, show_log: bool = True) -> Server:
         return _server
 
 
+def settings_changes(running: Settings, wanted: Settings) -> list[str]:
+    """What the cell asked for that the running server does not have (it cannot change live)."""
+    out = []
+    for name in ("data_dir", "models_dir", "profile", "port"):
+        have, want = getattr(running, name), getattr(wanted, name)
+        if name != "port" and have is not None and want is not None and Path(have).resolve() != Path(want).resolve():
+            out.append(f"{name} is {have}, not {want}")
+        elif name == "port" and want and have != want:
+            out.append(f"port is {have}, not {want}")
+    return out
+
+
 def stop_server() -> None:
     global _server, _log_view
     with _lock:
@@ -218,21 +242,27 @@ def stop_server() -> None:
 
 
 def settings_for(*, ci: bool, data_dir: Path, **overrides) -> Settings:
-    """The notebook's settings: Colab/GPU, or CI mode (smoke models on the CPU, a free port)."""
+    """The notebook's settings: Colab or Kaggle (GPU), or CI mode (smoke models on the CPU, a free port)."""
     if ci:
         # face_det_size 256: the smoke detector's grid (services/face/smoke.py)
         values = dict(profile="smoke", device="cpu", port=0, data_dir=data_dir, face_det_size=256)
     else:
+        hosted = in_notebook_runtime()
         # Only defaults: ENFOADS_* variables the user set still win (explicit values would beat them).
-        values = {name: value for name, value in (("profile", "colab" if in_colab() else "local"),
-                                                  ("host", "0.0.0.0" if in_colab() else "127.0.0.1"))
+        values = {name: value for name, value in (("profile", "colab" if hosted else "local"),
+                                                  ("host", "0.0.0.0" if hosted else "127.0.0.1"))
                   if f"ENFOADS_{name.upper()}" not in os.environ}
         values["data_dir"] = data_dir
-        if "ENFOADS_API_KEY" not in os.environ:
-            # Colab does not put secrets in the environment: a fixed key set as a secret must be read.
-            key, _problem = colab_secret("ENFOADS_API_KEY")
-            if key:
-                values["api_key"] = key
+        # Notebook secrets are not in the environment: a fixed key or domain set as a secret is read here.
+        for setting, name in (("api_key", "ENFOADS_API_KEY"), ("ngrok_domain", "NGROK_DOMAIN")):
+            if name in os.environ or f"ENFOADS_{setting.upper()}" in os.environ:
+                continue
+            value, _source, problem = runtime.secret(name)
+            if value:
+                values[setting] = value
+            elif problem and "does not exist" not in problem:
+                print(f"{name}: {problem}; " + ("a generated key is used instead." if setting == "api_key"
+                                                else "the tunnel gets a new random URL."))
     values.update(overrides)
     return load_settings(**values)
 
@@ -242,7 +272,7 @@ def connection_help(server: Server, public_url: str | None, provider: str | None
     lines = [
         "=" * 72,
         f"  URL (Servidor):  {url}",
-        f"  API key (Clave): {server.api_key}",
+        f"  API key (Clave): {server.key_for_display}",
         "=" * 72,
         "In the EnfoadsIA frontend: Settings (Ajustes) > Backend: paste the URL into 'Server URL' and the",
         "key into 'API key', then press 'Test connection'. The frontend sends the key as",
@@ -260,18 +290,29 @@ def connection_help(server: Server, public_url: str | None, provider: str | None
 
 # ----------------------------------------------------------------------------------- diagnostics
 
+def ort_line(ort: dict) -> str:
+    """ONNX Runtime as a person needs it: the providers a real session got, and why CUDA is not one."""
+    line = f"ONNX Runtime {ort.get('version') or '-'}: usable {', '.join(ort.get('available') or []) or 'none'}"
+    if not ort.get("cuda_ok") and ort.get("reason"):
+        line += f"; CUDA: {ort['reason']}"
+        if ort.get("fix"):
+            line += f". Fix: {ort['fix']}"
+    return line
+
+
 def diagnostics_text(settings: Settings) -> str:
     r = diagnostics.report(settings.data_dir, device=settings.resolved_device, dtype=settings.dtype_name)
     gpu = r["gpu"]
     ort = r["onnxruntime"]
     pkgs = ", ".join(f"{k} {v}" for k, v in r["packages"].items() if v)
-    absent = ", ".join(k for k, v in r["packages"].items() if not v)
+    absent = ", ".join(k for k, v in r["packages"].items()
+                       if not v and not r["packages"].get(diagnostics.ALTERNATIVES.get(k, "")))
     lines = [
         f"Python {r['python']} on {r['platform']}",
         f"device {r['device']}, dtype {r['dtype']}",
         ("GPU: " + (f"{gpu.get('gpu_name')}, {gpu.get('vram_total_gb')} GB, compute {gpu.get('compute_capability')}, "
                     f"CUDA {gpu.get('cuda_version')}" if gpu.get("cuda_available") else "none (CPU only)")),
-        f"ONNX Runtime providers: {', '.join(ort.get('available', [])) or ort.get('error')}",
+        ort_line(ort),
         f"data dir: {r['disk']['path']} ({r['disk']['free_gb']} GB free of {r['disk']['total_gb']} GB)",
         f"packages: {pkgs}",
     ]
@@ -282,11 +323,16 @@ def diagnostics_text(settings: Settings) -> str:
 
 def vram_text(server: Server) -> str:
     snap = server.app.extensions["enfoads"].vram.snapshot()
-    lines = [f"{snap['device']}: {snap['used_bytes'] / 1024**3:.2f} GB used of {snap['budget_bytes'] / 1024**3:.2f} GB "
-             f"budget, peak {snap['peak_bytes'] / 1024**3:.2f} GB, swaps {snap['swaps']}"]
+    gb = 1024**3
+    lines = [f"{snap['device']}: {snap['used_bytes'] / gb:.2f} GB used of {snap['budget_bytes'] / gb:.2f} GB "
+             f"budget, peak {snap['peak_bytes'] / gb:.2f} GB, swaps {snap['swaps']}"]
+    devices = snap.get("devices") or []
+    if len(devices) > 1:  # Kaggle's two T4s: one line each
+        lines += [f"  {d['name']}: {d['used_bytes'] / gb:.2f} GB used of {d['budget_bytes'] / gb:.2f} GB"
+                  for d in devices]
     for m in snap["models"]:
-        lines.append(f"  {m['name']:<32} {m['family'] or '':<8} {m['state']:<9} {m['bytes'] / 1024**3:6.2f} GB"
-                     + ("  in use" if m["in_use"] else "") + ("  pinned" if m["pinned"] else ""))
+        lines.append(f"  {m['name']:<32} {m['family'] or '':<8} {m.get('device') or '':<7} {m['state']:<9} "
+                     f"{m['bytes'] / gb:6.2f} GB" + ("  in use" if m["in_use"] else "") + ("  pinned" if m["pinned"] else ""))
     return "\n".join(lines)
 
 
@@ -328,9 +374,10 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"),
     "face": ("face",),
     "whisper": ("whisper-large-v3-turbo",),
-    "tts": ("chatterbox-multilingual",),
+    # with its Chinese word segmenter (else spacy-pkuseg would fetch it into ~/.pkuseg)
+    "tts": ("chatterbox-multilingual", "spacy-pkuseg-ontonotes"),
     # the assistant hears with whisper and speaks with Chatterbox
-    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual"),
+    "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-multilingual", "spacy-pkuseg-ontonotes"),
 }
 
 

@@ -358,6 +358,9 @@ class VitaExchange:
         for name, data, _ in got:
             if name == "error":
                 msg = data.get("message") if isinstance(data, dict) else data
+                code = data.get("code") if isinstance(data, dict) else None
+                if code in ("service_unavailable", "model_unavailable"):
+                    raise _Unavailable(msg)  # one wording for every family: "models missing"
                 raise SelfTestError(f"the assistant answered with an error: {msg}")
             if name in ("too_many_users", "out_time"):
                 raise SelfTestError(f"the assistant refused the session: {name}")

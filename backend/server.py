@@ -34,6 +34,14 @@ class Server:
     def api_key(self) -> str:
         return self.app.extensions["enfoads"].api_key
 
+    @property
+    def key_for_display(self) -> str:
+        """What start-up banners print: a key the user configured stays out of logs and notebook
+        output (they know it); one generated into data/ is shown, or nobody could use it."""
+        if self.settings.api_key is not None:
+            return "(the one you configured: ENFOADS_API_KEY, the Colab secret or the settings file)"
+        return self.api_key
+
     def start(self) -> "Server":
         self._thread = threading.Thread(target=self._http.serve_forever, name="enfoads-http", daemon=True)
         self._thread.start()

@@ -32,18 +32,35 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="local model folders; default <data_dir>/models")
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = ["*"]  # env: comma-separated
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        ["127.0.0.1", "::1"], description="addresses or networks whose X-Forwarded-* headers are believed "
+                                         "(the tunnel agent); comma-separated; empty: none")
+    socket_max_connections: int = Field(128, ge=1, description="open Socket.IO transports in all; more answer 401")
+    socket_max_per_client: int = Field(16, ge=1, description="open Socket.IO transports per client address")
+    socket_auth_timeout_s: float = Field(10.0, gt=0, description="a Socket.IO transport that has not joined an "
+                                                                 "authenticated namespace by then is closed")
     max_upload_mb: float = Field(200, gt=0)
-    queue_max: int = Field(32, ge=1, description="queued jobs beyond this answer 429")
+    queue_max: int = Field(32, ge=1, description="queued jobs per lane beyond this answer 429")
+    interactive_burst: int = Field(8, ge=1, description="most interactive jobs one pause of a batch job runs")
+    interactive_max_tts_chars: int = Field(300, ge=1, description="longer speech requests run in the batch lane")
+    interactive_max_audio_seconds: float = Field(60, ge=0, description="longer transcriptions run in the batch lane")
     job_wait_seconds: float = Field(60, ge=0, description="how long a request waits for its job before answering 202")
     job_retention_hours: float = Field(72, ge=0, description="finished jobs and their files are deleted after this; "
                                                               "0 keeps them forever")
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    vram_budget_gb: float | None = Field(None, gt=0, description="default: the GPU's total memory; 15 on CPU")
+    vram_budget_gb: float | None = Field(None, gt=0, description="per device; default: each GPU's total memory, "
+                                                                  "15 on CPU")
+    gpus: Annotated[list[int] | None, NoDecode] = Field(
+        None, description="GPUs the offloader manages, e.g. 0,1; default (or 'all'): every visible GPU")
+    vram_devices: int = Field(1, ge=1, le=16, description="on CPU: simulated devices, each with the VRAM budget "
+                                                           "(tests the multi-GPU bookkeeping)")
     vram_reserve_gb: float = Field(1.0, ge=0)
     host_ram_budget_gb: float = Field(6.0, ge=0, description="CPU RAM for models parked off the GPU")
     idle_offload_seconds: float = Field(300, ge=0)
     ngrok_authtoken: SecretStr | None = None
+    ngrok_domain: str | None = Field(None, description="the account's static ngrok domain: a URL that survives "
+                                                        "restarts (also NGROK_DOMAIN or the notebook secret)")
     public: bool = False
     log_level: str = "INFO"
     # --- tts ---
@@ -60,6 +77,15 @@ class Settings(BaseSettings):
     tts_kyutai_cfg_coef: float = Field(
         2.0, ge=1.0, le=4.0, multiple_of=0.5,
         description="Kyutai's classifier-free guidance strength (1-4 in steps of 0.5: its CFG-distilled values)")
+    tts_pocket_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where Kyutai Pocket TTS runs: the CPU by default, beside the GPU's models")
+    tts_pocket_voice: str | None = Field(
+        None, description="Pocket TTS's default voice (a name such as 'lola'); unset: each language's own")
+    tts_pocket_max_seconds: float = Field(
+        60.0, gt=0, le=600, description="longest audio Pocket TTS generates for one chunk; it stops there")
+    tts_kyutai_cache_mb: float = Field(
+        64, ge=0, description="memory for repeated /kyutai/tts answers (same text, language, voice, model); "
+                              "0 turns the cache off")
 
     # --- face ---
     face_det_size: int = Field(640, ge=64, le=2048, multiple_of=32,
@@ -119,11 +145,31 @@ class Settings(BaseSettings):
     vita_audio_burst_s: float = Field(2.0, gt=0, le=30, description="audio seconds a client may send at once")
     vita_preload: bool = Field(True, description="load the assistant's models when a session opens")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, v):
         if isinstance(v, str):
             return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v):
+        from .proxies import parse_networks
+
+        parse_networks(v)  # ValueError names the bad entry
+        return v
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _split_gpus(cls, v):
+        if isinstance(v, str):
+            if v.strip().lower() in ("", "all"):
+                return None
+            try:
+                return [int(p) for p in v.split(",") if p.strip()]
+            except ValueError:
+                raise ValueError(f"expected 'all' or GPU indices separated by commas (e.g. 0,1), got {v!r}") from None
         return v
 
     @model_validator(mode="after")
@@ -151,6 +197,10 @@ class Settings(BaseSettings):
     @property
     def resolved_device(self) -> str:
         return device_policy.resolve_device(self.device)
+
+    @property
+    def offloader_devices(self) -> list[str]:
+        return device_policy.offloader_devices(self.resolved_device, self.gpus, self.vram_devices)
 
     @property
     def dtype_name(self) -> str:

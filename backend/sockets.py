@@ -33,6 +33,9 @@ class AuthedNamespace(Namespace):
             log.warning("refused Socket.IO connection to %s: bad token", self.namespace)
             raise ConnectionRefusedError("missing or wrong API key: pass auth={'token': <key>}")
         join_room(owner_room(auth.owner_of(self.backend.api_key)))
+        if self.backend.socket_guard is not None:  # this transport may stay open past the auth deadline
+            self.backend.socket_guard.authenticated(self.socketio.server.manager.eio_sid_from_sid(request.sid,
+                                                                                                 self.namespace))
         self.on_authed_connect()
 
     def on_authed_connect(self):
@@ -44,9 +47,9 @@ class JobsNamespace(AuthedNamespace):
         job_id = (data or {}).get("job_id") if isinstance(data, dict) else None
         job = self.backend.jobs.get(job_id) if job_id else None
         if job is None or job.owner != auth.owner_of(self.backend.api_key):
-            self.emit("error", {"message": f"no job with id {job_id}"}, to=request.sid)
+            self.emit("error", {"message": f"no job with id {job_id}"}, room=request.sid)
             return
-        self.emit("job", job.public(), to=request.sid)
+        self.emit("job", job.public(), room=request.sid)
 
 
 def install_sockets(socketio, backend) -> None:

@@ -28,11 +28,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from . import runtime
+
 log = logging.getLogger("enfoads.tunnel")
 
 SKIP_WARNING_HEADER = "ngrok-skip-browser-warning"
 TOKEN_ENV = "NGROK_AUTHTOKEN"
-COLAB_SECRET = "NGROK_AUTHTOKEN"
+COLAB_SECRET = "NGROK_AUTHTOKEN"  # the secret's name in Colab and Kaggle alike
+# The free tier gives each account one static domain: the URL pasted into the frontend then
+# survives runtime restarts.
+DOMAIN_ENV = "NGROK_DOMAIN"
 TOKEN_HELP = ("set the Colab secret NGROK_AUTHTOKEN (key icon in Colab's left bar, with notebook "
               "access on) or the environment variable NGROK_AUTHTOKEN / ENFOADS_NGROK_AUTHTOKEN; "
               "a free token is at https://dashboard.ngrok.com/get-started/your-authtoken")
@@ -79,28 +84,10 @@ def _colab():
 
 
 def colab_secret(name: str) -> tuple[str | None, str | None]:
-    """(value, problem): the Colab secret, or why it could not be read."""
+    """(value, problem): the Colab secret, or why it could not be read (None, None outside Colab)."""
     if _colab() is None:
         return None, None
-    try:
-        from google.colab import userdata  # type: ignore[import-not-found]
-
-        value = userdata.get(name)
-    except Exception as exc:  # SecretNotFoundError, NotebookAccessError, TimeoutException, ...
-        kind = type(exc).__name__
-        if "NotFound" in kind:
-            return None, f"the Colab secret {name} does not exist"
-        if "Access" in kind:
-            return None, (f"the Colab secret {name} exists but this notebook has no access to it "
-                          f"(turn on 'Notebook access' next to it in the secrets panel)")
-        if "Timeout" in kind:
-            return None, (f"reading the Colab secret {name} timed out (open the tunnel from the "
-                          f"notebook's main thread)")
-        return None, f"the Colab secret {name} could not be read ({kind})"
-    value = (value or "").strip() if isinstance(value, str) else None
-    if not value:
-        return None, f"the Colab secret {name} is empty"
-    return value, None
+    return runtime._colab_secret(name)
 
 
 def _colab_proxy_url(port: int) -> tuple[str | None, str | None]:
@@ -116,7 +103,7 @@ def _colab_proxy_url(port: int) -> tuple[str | None, str | None]:
         return None, f"Colab's proxy failed too ({type(exc).__name__})"
     if not isinstance(url, str) or not url.startswith("http"):
         return None, "Colab's proxy returned no URL"
-    return url, None
+    return url.rstrip("/"), None  # clients append "/health": no "//health"
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,18 +120,25 @@ def _secret_value(token: Any) -> str | None:
 
 
 def resolve_authtoken(authtoken: Any = None) -> tuple[str | None, str | None, str | None]:
-    """(token, source, problem). source: "argument" | "env" | "colab-secret"; problem: why a
-    Colab secret could not be read (None when not in Colab or when a token was found)."""
+    """(token, source, problem). source: "argument" | "env" | "colab-secret" | "kaggle-secret";
+    problem: why a notebook secret could not be read (None outside Colab/Kaggle or when found)."""
     token = _secret_value(authtoken)
     if token:
         return token, "argument", None
     token = _secret_value(os.environ.get(TOKEN_ENV))
     if token:
         return token, "env", None
-    token, problem = colab_secret(COLAB_SECRET)
-    if token:
-        return token, "colab-secret", None
-    return None, None, problem
+    return runtime.secret(COLAB_SECRET)
+
+
+def resolve_domain(domain: Any = None) -> str | None:
+    """The ngrok static domain: the argument (ENFOADS_NGROK_DOMAIN), NGROK_DOMAIN, or the secret."""
+    value = _secret_value(domain) or _secret_value(os.environ.get(DOMAIN_ENV))
+    if not value:
+        value = runtime.secret(DOMAIN_ENV)[0]
+    if not value:
+        return None
+    return value.split("://", 1)[-1].strip("/").lower()
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +195,7 @@ def _fallback(port: int, reason: str, token_source: str | None) -> TunnelResult:
     return TunnelResult(None, None, msg, token_source)
 
 
-def open_tunnel(port: int, *, authtoken: Any = None, region: str | None = None) -> TunnelResult:
+def open_tunnel(port: int, *, authtoken: Any = None, region: str | None = None, domain: Any = None) -> TunnelResult:
     """Open an ngrok HTTP tunnel to localhost:`port` (or fall back, see the module docstring).
 
     Never raises. Reuses the tunnel already open to the same port if it is still alive.
@@ -236,7 +230,8 @@ def open_tunnel(port: int, *, authtoken: Any = None, region: str | None = None) 
         if region:
             kwargs["region"] = region
         config = conf.PyngrokConfig(**kwargs)
-        tunnel = ngrok.connect(str(port), "http", pyngrok_config=config)
+        options = {"domain": static} if (static := resolve_domain(domain)) else {}
+        tunnel = ngrok.connect(str(port), "http", pyngrok_config=config, **options)
         raw_url = getattr(tunnel, "public_url", None)
         if not raw_url:
             raise RuntimeError("ngrok returned a tunnel without a public URL")

@@ -5,6 +5,8 @@
    CPU-budget offloader (15 GB budget, 1 GB reserve, 12 GB host RAM), 1,000 seeded random
    requests; prints peak use, swaps, loads, moves, evictions and checks the budget is never
    exceeded. Then the same with the VLM pinned (an open realtime session).
+3. The same replay on two T4s (Kaggle: 2 x 15 GB, one offloader arbitrating both) beside one T4:
+   resident hit rate and swaps side by side, same seed and request stream.
 
 No GPU and no torch needed: the fake models only record moves.
 """
@@ -17,7 +19,7 @@ import statistics
 import sys
 import time
 
-from services.vram import GB, Runtime, VramOffloader, format_bytes
+from services.vram import GB, DeviceSpec, Runtime, VramOffloader, format_bytes
 
 # (name, family, runtime, size in GB, request weight)
 PLAN = [
@@ -47,9 +49,13 @@ class FakeSession:
     __slots__ = ()
 
 
-def make_offloader(**kw) -> VramOffloader:
-    off = VramOffloader(device="cpu", budget_bytes=BUDGET, reserve_bytes=RESERVE,
-                        host_ram_budget_bytes=HOST_RAM, **kw)
+def make_offloader(gpus: int = 1, **kw) -> VramOffloader:
+    if gpus == 1:
+        off = VramOffloader(device="cpu", budget_bytes=BUDGET, reserve_bytes=RESERVE,
+                            host_ram_budget_bytes=HOST_RAM, **kw)
+    else:
+        off = VramOffloader(devices=[DeviceSpec(f"cpu:{i}", BUDGET) for i in range(gpus)], reserve_bytes=RESERVE,
+                            host_ram_budget_bytes=HOST_RAM, **kw)
     for name, family, runtime, gb, _ in PLAN:
         loader = FakeTorch if runtime == Runtime.TORCH else (lambda device: FakeSession())
         off.register(name, loader, runtime=runtime, estimate_bytes=int(gb * GB), family=family)
@@ -77,8 +83,8 @@ def bench_acquire(n: int = 10_000) -> None:
           f" -> {'OK' if p99_us < 1000 else 'SLOW'}")
 
 
-def replay(pin: str | None, n: int = 1000, seed: int = 1234) -> dict:
-    off = make_offloader()
+def replay(pin: str | None, n: int = 1000, seed: int = 1234, gpus: int = 1, quiet: bool = False) -> dict:
+    off = make_offloader(gpus)
     if pin:
         off.pin(pin)
     rng = random.Random(seed)
@@ -93,13 +99,18 @@ def replay(pin: str | None, n: int = 1000, seed: int = 1234) -> dict:
         resident = off.state_of(name) == "gpu"
         hits += resident
         with off.acquire(name):
-            used = off.snapshot()["used_bytes"]
+            used = max(d["used_bytes"] for d in off.snapshot()["devices"])
             worst = max(worst, used)
     dt = time.perf_counter() - t0
     snap = off.snapshot()
     loads = sum(m["loads"] for m in snap["models"])
     moves = sum(m["moves"] for m in snap["models"])
-    ok = snap["peak_bytes"] <= limit and worst <= limit
+    ok = all(d["peak_bytes"] <= limit for d in snap["devices"]) and worst <= limit
+    result = {"peak": snap["peak_bytes"], "swaps": snap["swaps"], "loads": loads, "moves": moves, "hits": hits,
+              "devices": snap["devices"], "models": snap["models"]}
+    assert ok, "a device's peak exceeded its budget"
+    if quiet:
+        return result
     label = f"pinned {pin}" if pin else "no pin"
     print(f"   [{label}] {n} requests in {dt * 1000:.0f} ms: peak {format_bytes(snap['peak_bytes'])}"
           f" of {format_bytes(limit)} usable ({format_bytes(BUDGET)} budget - {format_bytes(RESERVE)} reserve)"
@@ -109,8 +120,25 @@ def replay(pin: str | None, n: int = 1000, seed: int = 1234) -> dict:
     for m in snap["models"]:
         print(f"     {m['name']:<26} {format_bytes(m['bytes']):>7}  loads {m['loads']:>4}  moves {m['moves']:>4}"
               f"  final state {m['state']}")
-    assert ok, "peak exceeded the budget"
-    return {"peak": snap["peak_bytes"], "swaps": snap["swaps"], "loads": loads, "moves": moves, "hits": hits}
+    return result
+
+
+def compare_gpus(n: int = 1000) -> None:
+    print("3. One T4 (15 GB) vs two T4s (2 x 15 GB, Kaggle), same 1,000 requests"
+          " (hit: the model was already on a GPU; swap: a load or move onto a GPU)")
+    print(f"   {'':<40} {'one T4':>10} {'two T4s':>10}")
+    for pin in (None, "vlm-small"):
+        one, two = replay(pin, n, gpus=1, quiet=True), replay(pin, n, gpus=2, quiet=True)
+        label = f"pinned {pin}" if pin else "no pin"
+        for what, key in (("resident hit rate", "hits"), ("swaps", "swaps"), ("loads from disk", "loads"),
+                          ("moves from host RAM", "moves")):
+            a, b = one[key], two[key]
+            fa, fb = (f"{a / n:.1%}", f"{b / n:.1%}") if key == "hits" else (str(a), str(b))
+            print(f"   {'[' + label + ']':<19} {what:<20} {fa:>10} {fb:>10}")
+        ratio = one["swaps"] / two["swaps"] if two["swaps"] else float("inf")
+        print(f"   {'[' + label + ']':<19} two T4s: {ratio:.1f}x fewer swaps; per GPU: " + "; ".join(
+            f"{d['name']} peak {format_bytes(d['peak_bytes'])}, swaps {d['swaps']}, holds {', '.join(d['models'])}"
+            for d in two["devices"]))
 
 
 def main() -> int:
@@ -122,6 +150,7 @@ def main() -> int:
     b = replay(pin="vlm-small")
     print(f"   pinning the VLM: swaps {a['swaps']} -> {b['swaps']}, loads {a['loads']} -> {b['loads']},"
           f" hit rate {a['hits'] / 10:.0f}% -> {b['hits'] / 10:.0f}%")
+    compare_gpus()
     return 0
 
 

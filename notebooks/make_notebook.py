@@ -14,20 +14,24 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 INTRO = """\
-# EnfoadsIA backend · Servidor de IA en Colab
+# EnfoadsIA backend · Servidor de IA en Colab o Kaggle
 
-Run all (**Entorno de ejecución > Ejecutar todas**) on a **T4 GPU** runtime (Runtime > Change runtime
-type > T4 GPU). Then copy the **URL** and the **API key** printed by cell 3 into the frontend's
-settings (Ajustes > Backend).
+**Colab**: Run all (**Entorno de ejecución > Ejecutar todas**) on a **T4 GPU** runtime (Runtime >
+Change runtime type > T4 GPU). **Kaggle**: Settings > Accelerator > **GPU T4 x2**, Internet on, then
+Run all. Then copy the **URL** and the **API key** printed by cell 3 into the frontend's settings
+(Ajustes > Backend).
 
-Before the first run, in the key icon (Secrets) on the left, add with notebook access:
+Before the first run add these secrets (Colab: the key icon on the left, with notebook access;
+Kaggle: Add-ons > Secrets, ticked for this notebook):
 - `NGROK_AUTHTOKEN`: a free token from https://dashboard.ngrok.com/get-started/your-authtoken
-  (without it, the notebook falls back to Colab's own proxy URL, which only works in this browser);
+  (without it, Colab falls back to its own proxy URL, which only works in this browser; Kaggle has none);
+- `NGROK_DOMAIN` (optional): your free static ngrok domain (dashboard > Domains), so the URL in the
+  frontend stays the same across restarts;
 - `HF_TOKEN` (optional): a Hugging Face token, only needed for gated models;
 - `ENFOADS_API_KEY` (optional): a fixed API key; otherwise one is generated and kept in the data dir.
 
-Outside Colab (CI, `pytest --nbmake notebooks/`) the notebook runs in CI mode: it installs nothing,
-builds tiny random-weight models, starts the server, sends one real request per family, and stops.
+Outside Colab and Kaggle (CI, `pytest --nbmake notebooks/`) the notebook runs in CI mode: it installs
+nothing, builds tiny random-weight models, starts the server, sends one real request per family, and stops.
 """
 
 SETUP = """\
@@ -36,20 +40,25 @@ SETUP = """\
 REPO_URL = "https://github.com/YOUR-ACCOUNT/enfoads-backend.git"  # @param {type:"string"}
 REF = "main"  # @param {type:"string"}
 
+import collections
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-try:
-    import google.colab  # noqa: F401
-    IN_COLAB = True
-except ImportError:
-    IN_COLAB = False
-CI_MODE = not IN_COLAB
+# The same test as backend/runtime.py, which cannot be imported before the install.
+if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.environ.get("KAGGLE_URL_BASE"):
+    RUNTIME = "kaggle"
+else:
+    try:
+        import google.colab  # noqa: F401
+        RUNTIME = "colab"
+    except ImportError:
+        RUNTIME = "ci"
+CI_MODE = RUNTIME == "ci"
 
-if IN_COLAB:
-    REPO = Path("/content/enfoads-backend")
+if not CI_MODE:
+    REPO = Path("/content/enfoads-backend" if RUNTIME == "colab" else "/kaggle/working/enfoads-backend")
     if not (REPO / ".git").is_dir():
         if "YOUR-ACCOUNT" in REPO_URL:
             raise SystemExit("Set REPO_URL (the form above) to the backend's git repository, then run again.")
@@ -59,8 +68,17 @@ if IN_COLAB:
     subprocess.run(["git", "-C", str(REPO), "checkout", "--quiet", "--force", "FETCH_HEAD"], check=True)
     print(subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=code: %h %s (%cr)"],
                          capture_output=True, text=True).stdout)
-    # Colab's torch, torchaudio, torchvision and numpy are held as constraints (never reinstalled).
-    subprocess.run(["bash", "scripts/install.sh", "--colab"], cwd=REPO, check=True)
+    # The runtime's torch, torchaudio, torchvision and numpy are held as constraints (never reinstalled),
+    # into this kernel's own interpreter; the output shows here as it comes.
+    install = subprocess.Popen(["bash", "scripts/install.sh", "--colab"], cwd=REPO, text=True,
+                               env={**os.environ, "PYTHON": sys.executable},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail = collections.deque(maxlen=40)
+    for line in install.stdout:
+        print(line, end="")
+        tail.append(line)
+    if install.wait() != 0:
+        raise SystemExit(f"The install failed (exit {install.returncode}). Its last lines:\n" + "".join(tail))
 else:
     REPO = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "backend" / "app.py").is_file())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # CI has no hub: a forgotten download fails fast
@@ -99,10 +117,14 @@ if CI_MODE:
     if rc != 0:
         raise RuntimeError(f"building the smoke models failed (exit {rc}); see above")
 else:
+    from backend import runtime
+
     # Models stay on the runtime's fast local disk (Drive would be slow and fill its quota).
-    MODELS_DIR = Path("/content/enfoads-models")
+    DEFAULT_DATA_DIR, MODELS_DIR = runtime.default_dirs(RUNTIME)
     names = nb.prefetch_names({"image": IMAGE, "face": FACE, "whisper": WHISPER, "tts": TTS, "vita": VITA},
                               EXTRA_MODELS)
+    if not names:
+        print("Nothing ticked: no model was downloaded. Routes whose models are missing answer 503.")
     rc = prefetch([*names, "--models-dir", str(MODELS_DIR)]) if names else 0
     if rc == 3:
         raise SystemExit("Not enough disk for the chosen models (see above): untick some, then run again.")
@@ -113,17 +135,19 @@ else:
 
 SERVER = """\
 # @title 3. Server · Servidor { display-mode: "form" }
-# @markdown Keep data (jobs, outputs, voices, the API key) in Google Drive so it survives a runtime reset.
+# @markdown Colab: keep data (jobs, outputs, voices, the API key) in Google Drive so it survives a
+# @markdown runtime reset. (Kaggle keeps it in /kaggle/working, saved with a notebook version.)
 USE_DRIVE = False  # @param {type:"boolean"}
 
 if CI_MODE:
     settings = nb.settings_for(ci=True, data_dir=DATA_DIR)
 else:
+    if USE_DRIVE and RUNTIME != "colab":
+        print("USE_DRIVE works in Colab only: data stays in", DEFAULT_DATA_DIR)
     drive_dir = nb.mount_drive("EnfoadsIA") if USE_DRIVE else None
-    settings = nb.settings_for(ci=False, data_dir=drive_dir or Path("/content/enfoads-data"),
-                               models_dir=MODELS_DIR)
+    settings = nb.settings_for(ci=False, data_dir=drive_dir or DEFAULT_DATA_DIR, models_dir=MODELS_DIR)
 
-server = nb.start_server(settings)  # a second run of this cell reuses the running server
+server = nb.start_server(settings)  # a second run of this cell reuses the running server (and says what it kept)
 
 if CI_MODE:
     public_url, provider = None, None
@@ -131,7 +155,7 @@ if CI_MODE:
 else:
     from backend.tunnel import open_tunnel
 
-    tunnel = open_tunnel(server.port, authtoken=settings.ngrok_authtoken)
+    tunnel = open_tunnel(server.port, authtoken=settings.ngrok_authtoken, domain=server.settings.ngrok_domain)
     print(tunnel.message)
     public_url, provider = tunnel.public_url, tunnel.provider
 print(nb.connection_help(server, public_url, provider))
@@ -143,7 +167,7 @@ DIAGNOSTICS = """\
 # @markdown (load time, VRAM change, speed on this GPU); a live VRAM view.
 RUN_SELF_TEST = True  # @param {type:"boolean"}
 
-print(nb.diagnostics_text(settings))
+print(nb.diagnostics_text(server.settings))  # the running server's settings, not the last form values
 print()
 if RUN_SELF_TEST or CI_MODE:
     from backend.selftest import SelfTest, format_results

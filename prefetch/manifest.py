@@ -344,6 +344,25 @@ _SPECS: list[ModelSpec] = [
         "it and set HF_HUB_OFFLINE",
     ),
     ModelSpec(
+        key="spacy-pkuseg-ontonotes",
+        family="tts",
+        repo_id="",
+        revision="",
+        # The Chinese word segmenter Chatterbox's multilingual tokenizer builds at load: the
+        # model `spacy_pkuseg.pkuseg()` would download into ~/.pkuseg on first use (this URL and
+        # hash are spacy-pkuseg 1.0.2's own, from its config.py). Loaded from here by path.
+        url="https://github.com/explosion/spacy-pkuseg/releases/download/v0.0.26/spacy_ontonotes.zip",
+        sha256="b216e7f92de7ae285aeab8feba2faa8ea8216e5995ff6fb3d391cc8356db1bfe",
+        files=("features.msgpack", "weights.npz"),
+        size_bytes=40 * MB,  # approximate: no public listing of the archive's size was found
+        vram_bytes={"fp32": 1 * MB},  # runs on the CPU (Cython); nothing goes to the GPU
+        license="mit (spacy-pkuseg; model trained by Explosion on OntoNotes 5.0)",
+        runtime="torch",
+        also_used_by=("vita",),
+        note="Chinese word segmentation for chatterbox-multilingual; without it Chinese text is read "
+        "unsegmented (a warning at load), other languages are unaffected",
+    ),
+    ModelSpec(
         key="chatterbox-en",
         family="tts",
         repo_id="ResembleAI/chatterbox",
@@ -418,6 +437,48 @@ _SPECS: list[ModelSpec] = [
         note="voice conditioning for kyutai-tts-1.6b-en_fr (speaker_wavs [1, 512, 125] per voice; "
         "listed as kyutai-<folder>-<file> voice ids); the license depends on the voice's "
         "folder (see its README); size approximate",
+    ),
+    # ---- tts: Kyutai Pocket TTS (the pocket-tts package): 100M parameters, CPU, Spanish
+    # The revisions are the ones pocket-tts 4.0.1 pins in its own configs
+    # (pocket_tts/config/<language>.yaml: weights_path, tokenizer_path, and
+    # utils.get_predefined_voice for the voices); one revision per spec holds every file listed.
+    ModelSpec(
+        key="kyutai-pocket-tts",
+        family="tts",
+        repo_id="kyutai/pocket-tts",
+        revision="3e82814a68665eec246ff649b14c71331f955c06",  # weights_path of spanish/french/.../dutch.yaml
+        # the weights WITH the voice-cloning encoder (clips as voices); one model per language
+        files=tuple(f"languages/{name}/model.safetensors"
+                    for name in ("spanish", "french", "german", "italian", "portuguese", "dutch")),
+        size_bytes=1_440 * MB,  # approximate: ~240 MB per language (118M parameters in bf16)
+        # runs on the CPU by default (ENFOADS_TTS_POCKET_DEVICE): host RAM per loaded language
+        vram_bytes={"fp32": 600 * MB},
+        license="cc-by-4.0",
+        runtime="torch",
+        gated=True,
+        also_used_by=("vita",),
+        note="gated: accept the voice-cloning terms at https://huggingface.co/kyutai/pocket-tts and set HF_TOKEN. "
+        "Loaded with pocket_tts' own TTSModel.load_model from the package's <language>.yaml, its hub paths "
+        "replaced by these local files; needs kyutai-pocket-tts-voices too. Sizes approximate. English "
+        "(pinned at another revision by the package) is not included: Chatterbox speaks it",
+    ),
+    ModelSpec(
+        key="kyutai-pocket-tts-voices",
+        family="tts",
+        repo_id="kyutai/pocket-tts-without-voice-cloning",
+        # the predefined voices' revision (get_predefined_voice); the package pins the tokenizers
+        # at 4e1e0a3 (French: 8843db7), earlier commits of the same files
+        revision="a7056f505a4a8ca72d8b5fb1440071d6f1a35739",
+        files=tuple(f"languages/{name}/{leaf}"
+                    for name in ("spanish", "french", "german", "italian", "portuguese", "dutch")
+                    for leaf in ("tokenizer.json", "embeddings/*.safetensors")),
+        size_bytes=120 * MB,  # approximate: a tokenizer and a few voice states per language
+        vram_bytes={"fp32": 20 * MB},
+        license="cc-by-4.0 (voices: see kyutai/tts-voices)",
+        runtime="torch",
+        also_used_by=("vita",),
+        note="tokenizer + Kyutai's precomputed voices per language (pocket-<name> voice ids; Spanish: lola); "
+        "the weights of this repo (no voice cloning) are not downloaded",
     ),
     # ---- vita: realtime assistant (VAD + whisper + VLM + TTS)
     # The VLM: Qwen2-VL-2B-Instruct. Qwen2VLForConditionalGeneration is in plain transformers

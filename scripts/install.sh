@@ -233,7 +233,7 @@ report_versions() {
 import importlib.metadata as md
 names = ["torch", "torchaudio", "torchvision", "numpy", "diffusers", "transformers",
          "huggingface-hub", "onnxruntime", "onnxruntime-gpu", "ctranslate2", "insightface",
-         "faster-whisper", "chatterbox-tts", "moshi", "flask-socketio"]
+         "faster-whisper", "chatterbox-tts", "moshi", "pocket-tts", "flask-socketio"]
 found = []
 for n in names:
     try:

@@ -25,6 +25,36 @@ def resolve_device(preference: str = "auto") -> str:
     return preference
 
 
+def cuda_device_count() -> int:
+    if not cuda_available():
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def offloader_devices(device: str, gpus: list[int] | None = None, simulated: int = 1) -> list[str]:
+    """The devices the VRAM offloader manages, from the resolved `device`.
+
+    - CUDA (`cuda`): the GPUs listed in `gpus` (None: every visible one); one GPU stays `cuda`.
+    - a named GPU (`cuda:1`): that one only.
+    - CPU: `simulated` devices (`cpu` for one, else `cpu:0`..), so multi-GPU bookkeeping runs anywhere.
+    """
+    if device == "cpu":
+        return ["cpu"] if simulated <= 1 else [f"cpu:{i}" for i in range(simulated)]
+    if device != "cuda":
+        return [device]
+    count = cuda_device_count()
+    ids = list(range(count)) if gpus is None else list(dict.fromkeys(gpus))
+    bad = [i for i in ids if not 0 <= i < count]
+    if bad:
+        raise ValueError(f"GPU(s) {', '.join(map(str, bad))} asked for in ENFOADS_GPUS, but this machine has "
+                         f"{count} visible GPU(s) (0..{count - 1})")
+    if not ids:
+        raise ValueError("ENFOADS_GPUS lists no GPU")
+    return ["cuda"] if ids == [0] and count == 1 else [f"cuda:{i}" for i in ids]
+
+
 def compute_capability(device: str) -> tuple[int, int] | None:
     if not device.startswith("cuda") or not cuda_available():
         return None

@@ -1,7 +1,7 @@
 """Errors a service raises for its caller to report to a user.
 
 Services know nothing of HTTP; each error carries a `kind` that the web layer maps to a status
-code (invalid -> 400, too_large -> 413, unsupported_media -> 415, unprocessable -> 422,
+code (invalid -> 400, conflict -> 409, too_large -> 413, unsupported_media -> 415, unprocessable -> 422,
 unavailable -> 503). The message is shown to the user as is, so it must say what was wrong.
 """
 from __future__ import annotations
@@ -35,6 +35,12 @@ class Unprocessable(ServiceError):
 
 class NotFound(ServiceError):
     kind = "not_found"
+
+
+class Conflict(ServiceError):
+    """The thing to create exists already (a voice id taken)."""
+
+    kind = "conflict"
 
 
 class ModelUnavailable(ServiceError):

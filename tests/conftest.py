@@ -85,3 +85,17 @@ def smoke_models(tmp_path_factory):
         return root
 
     return build
+
+
+@pytest.fixture(scope="session")
+def real_whisper_models(tmp_path_factory):
+    """A models dir whose `whisper-base` is the REAL multilingual Whisper base (tests/real_whisper.py):
+    use it with profile "local" (the smoke profile would not look past the folder either way)."""
+    from tests.real_whisper import whisper_base
+
+    root = tmp_path_factory.mktemp("real-models")
+    try:
+        whisper_base(root)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return root

@@ -40,9 +40,9 @@ def _concrete(rule):
 def test_every_route_but_health_refuses_missing_or_wrong_key(app, client):
     checked = 0
     public = {r.rule for r in app.url_map.iter_rules() if getattr(app.view_functions[r.endpoint], "public", False)}
-    # the only views open without the key: liveness and the VITA test page (+ its static files),
-    # which a browser opens by URL and which checks the token itself
-    assert public == {"/health", "/vita", "/vita/static/<path:name>"}
+    # the only views open without the key: liveness (ours and the Kyutai client's) and the VITA test
+    # page (+ its static files), which a browser opens by URL and which checks the token itself
+    assert public == {"/health", "/kyutai/health", "/vita", "/vita/static/<path:name>"}
     for rule in app.url_map.iter_rules():
         if rule.rule in public or rule.rule.startswith("/static"):
             continue
@@ -51,7 +51,10 @@ def test_every_route_but_health_refuses_missing_or_wrong_key(app, client):
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
                 r = client.open(url, method=method, headers=headers)
                 assert r.status_code == 401, (method, url, headers)
-                assert r.get_json()["error"]["code"] == "invalid_api_key"
+                if url.startswith("/kyutai/"):  # that client's contract: {"error": message, "fallback": true}
+                    assert r.get_json()["fallback"] is True and "API key" in r.get_json()["error"]
+                else:
+                    assert r.get_json()["error"]["code"] == "invalid_api_key"
             checked += 1
     assert checked >= 6
 

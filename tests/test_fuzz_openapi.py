@@ -121,14 +121,19 @@ def _curl(case) -> str:
     return command if len(command) < 2000 else command[:2000] + "... (body cut)"
 
 
+def _message(response) -> str:
+    error = response.json()["error"]
+    return error if isinstance(error, str) else error["message"]  # /kyutai/*: a plain-string contract
+
+
 def _check(case, mode: str, unavailable_models: set[str]) -> None:
     response = case.call(headers=HEADERS, timeout=120)
     status = response.status_code
     STATS[case.operation.label][mode, str(status) if status in (400, 503) else f"{status // 100}xx"] += 1
     if status == 400 and mode == "positive":
-        REFUSED[case.operation.label][response.json()["error"]["message"][:100]] += 1
+        REFUSED[case.operation.label][_message(response)[:100]] += 1
     if status == 503:
-        message = response.json()["error"]["message"]
+        message = _message(response)
         named = {m for m in unavailable_models if m in message}
         # Requests name models by id or by alias: "large-v3-turbo" (whisper-large-v3-turbo), steps=8.
         asked = {m for m in named for v in _named_values(case) if m in (v, f"whisper-{v}") or m.endswith(f"-{v}step")}

@@ -379,3 +379,13 @@ def test_urls_behind_the_tunnel_carry_the_public_scheme_and_host(server):
                  headers=headers)
     assert r.status_code == 200, r.text
     assert r.json()["data"][0]["url"].startswith("https://abc.ngrok-free.app/jobs/")
+
+
+def test_a_forwarded_host_from_a_client_is_not_echoed(live_server, settings_for):
+    # loopback is not a trusted proxy here: the request comes from a client, as through no tunnel
+    server = live_server(settings_for(trusted_proxies=["192.0.2.1"]))
+    headers = {**H, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+    r = generate(server, {"prompt": "a lamp", "width": 64, "height": 64, "seed": 1, "response_format": "url"},
+                 headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["url"].startswith(f"{server.url}/jobs/")

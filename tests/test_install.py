@@ -63,6 +63,12 @@ CHECKS: dict[str, str] = {
     """,
     "moshi.loaders": "from moshi.models.loaders import CheckpointInfo",
     "moshi.tts": "from moshi.models.tts import TTSModel",
+    # Kyutai Pocket TTS: its own configs ship in the package (the engine reads spanish.yaml).
+    "pocket_tts": """
+        from pocket_tts import TTSModel, export_model_state
+        from pocket_tts.utils.config import CONFIGS_DIR, load_config
+        assert load_config(CONFIGS_DIR / "spanish.yaml").mimi.sample_rate == 24000
+    """,
     "flask_socketio": """
         import flask_socketio, flask, flask_cors, simple_websocket
         import pydantic, pydantic_settings, yaml, apispec

@@ -88,8 +88,9 @@ def test_prefetch_form_maps_ticks_to_models():
     assert nb.prefetch_names({"image": False, "face": True, "whisper": True, "tts": False, "vita": False}) == [
         "face", "whisper-large-v3-turbo"]
     names = nb.prefetch_names({"vita": True}, "chatterbox-turbo, whisper-small")
-    assert names == ["vita", "whisper-large-v3-turbo", "chatterbox-multilingual", "chatterbox-turbo",
-                     "whisper-small"]
+    assert names == ["vita", "whisper-large-v3-turbo", "chatterbox-multilingual", "spacy-pkuseg-ontonotes",
+                     "chatterbox-turbo", "whisper-small"]
+    assert nb.prefetch_names({"tts": True}) == ["chatterbox-multilingual", "spacy-pkuseg-ontonotes"]
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         nb.prefetch_names({}, "nope")
     # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each)
@@ -97,8 +98,9 @@ def test_prefetch_form_maps_ticks_to_models():
 
 
 def test_colab_settings_take_the_key_secret_and_respect_env(tmp_path, monkeypatch):
-    monkeypatch.setattr(nb, "in_colab", lambda: True)
-    monkeypatch.setattr(nb, "colab_secret", lambda name: ("fixed-key", None) if name == "ENFOADS_API_KEY" else (None, None))
+    monkeypatch.setattr(nb, "in_notebook_runtime", lambda: True)
+    monkeypatch.setattr(nb.runtime, "secret", lambda name: ("fixed-key", "colab-secret", None)
+                        if name == "ENFOADS_API_KEY" else (None, None, None))
     for name in ("ENFOADS_API_KEY", "ENFOADS_HOST", "ENFOADS_PROFILE", "ENFOADS_PORT"):
         monkeypatch.delenv(name, raising=False)
     s = nb.settings_for(ci=False, data_dir=tmp_path)
@@ -113,7 +115,7 @@ def test_colab_settings_take_the_key_secret_and_respect_env(tmp_path, monkeypatc
 def test_connection_help_says_what_to_paste_where(make_settings):
     class FakeServer:
         url = "http://127.0.0.1:8000"
-        api_key = "k-123"
+        key_for_display = "k-123"
 
     text = nb.connection_help(FakeServer(), "https://abc.ngrok-free.app", "ngrok")
     assert "https://abc.ngrok-free.app" in text and "k-123" in text and "ngrok-skip-browser-warning" in text

@@ -120,6 +120,42 @@ def test_clone_list_use_delete_voice(server):
     assert r.status_code == 404 and "default" in r.json()["error"]["message"]
 
 
+def test_parallel_clones_of_one_id_make_one_voice_and_the_rest_409(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    clip = speech_wav()
+
+    def clone(i):
+        return requests.post(f"{server.url}/v1/audio/voices", files={"file": ("me.wav", clip, "audio/wav")},
+                             data={"id": "race", "name": f"try-{i}"}, headers=H, timeout=120)
+
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(clone, range(12)))
+    try:
+        assert sorted(r.status_code for r in replies) == [201] + [409] * 11, [r.text for r in replies]
+        winner = next(r.json() for r in replies if r.status_code == 201)
+        refused = next(r.json()["error"] for r in replies if r.status_code == 409)
+        assert refused["code"] == "voice_exists" and refused["param"] == "id"
+        # a later clone with the same id does not replace the voice either
+        assert clone(99).status_code == 409
+        listed = {v["id"]: v for v in requests.get(f"{server.url}/v1/voices", headers=H, timeout=10).json()["data"]}
+        assert listed["race"]["name"] == winner["name"]
+        cloned_dir = server.settings.data_dir / "voices" / "cloned"
+        assert sorted(p.name for p in cloned_dir.iterdir()) == ["race.json", "race.wav"]  # no temp files left
+    finally:
+        requests.delete(f"{server.url}/v1/audio/voices/race", headers=H, timeout=10)
+    assert clone(100).status_code == 201  # deleted: the id is free again
+    requests.delete(f"{server.url}/v1/audio/voices/race", headers=H, timeout=10)
+
+
+@pytest.mark.parametrize("voice_id", ["evil\n", "evil\r\n", "Evil", "a/b", "..", "-x", "x" * 65])
+def test_a_voice_id_must_match_the_pattern_whole(server, voice_id):
+    r = requests.post(f"{server.url}/v1/audio/voices", files={"file": ("me.wav", speech_wav(), "audio/wav")},
+                      data={"id": voice_id}, headers=H, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_voice_id", r.text
+    assert not list((server.settings.data_dir / "voices" / "cloned").glob("evil*"))
+
+
 @pytest.mark.parametrize("clip,reason", [
     (b"this is not audio at all" * 10, "not usable audio"),
     (speech_wav(seconds=2.0), "at least 5"),
@@ -259,8 +295,8 @@ def test_stream_works_when_the_worker_starts_the_job_before_the_request_looks(se
 
     real_submit = tts_routes.submit
 
-    def slow_to_look(kind, params):
-        job = real_submit(kind, params)
+    def slow_to_look(kind, params, **kw):
+        job = real_submit(kind, params, **kw)
         time.sleep(0.5)  # the worker may run the whole job before the route reads its queue
         return job
 
@@ -309,3 +345,26 @@ def test_service_speaks_sentence_by_sentence_without_http(server):
     svc = server.app.extensions["enfoads.tts"]
     pieces = list(svc.speak(TWO_SENTENCES, language="es", chunk_size=50))
     assert len(pieces) == 2 and all(rate == RATE and s.dtype == np.float32 for s, rate in pieces)
+
+
+@pytest.mark.parametrize("with_segmenter", [True, False])
+def test_the_chinese_segmenter_comes_from_the_models_dir_and_never_downloads(models_dir, monkeypatch, caplog,
+                                                                           with_segmenter):
+    import spacy_pkuseg
+
+    from services.tts.chatterbox_engine import PKUSEG_KEY, load_chatterbox
+
+    downloads = []
+    monkeypatch.setattr(spacy_pkuseg, "download_model", lambda *a, **k: downloads.append(a) or 1 / 0)
+    segmenter_dir = models_dir / PKUSEG_KEY if with_segmenter else None
+    tts = load_chatterbox("multilingual", models_dir / "chatterbox-multilingual", "cpu", segmenter_dir=segmenter_dir)
+    segmenter = tts.tokenizer.cangjie_converter.segmenter
+    assert downloads == []
+    if with_segmenter:
+        words = segmenter.cut("中文分词很好")
+        assert "".join(words) == "中文分词很好" and len(words) > 1
+    else:
+        assert segmenter is None
+        assert f"python -m prefetch {PKUSEG_KEY}" in caplog.text
+    # Chinese text still becomes tokens either way
+    assert tts.tokenizer.text_to_tokens("中文", language_id="zh").numel() > 0

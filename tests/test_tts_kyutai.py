@@ -1,4 +1,4 @@
-"""Kyutai DSM TTS (moshi) through HTTP on a tiny random-weight checkpoint; Spanish routed to Chatterbox."""
+"""Kyutai DSM TTS (moshi) through HTTP on a tiny random-weight checkpoint; Spanish routed to Pocket TTS."""
 import io
 import time
 
@@ -55,12 +55,12 @@ def test_kyutai_speaks_english_and_french_itself(server, language, text):
     assert 0 < samples.size <= (MAX_SECONDS + 1) * RATE and np.isfinite(samples).all()
 
 
-def test_spanish_asked_of_kyutai_is_spoken_by_chatterbox(server):
+def test_spanish_asked_of_kyutai_is_spoken_by_pocket_tts(server):
     body = {"input": "Hola, ¿cómo estás?", "model": KYUTAI, "language": "es", "voice": VOICE,
             "response_format": "wav"}
     r = post(server, body, "/v1/audio/speech")
     assert r.status_code == 200, r.text
-    assert r.headers["X-TTS-Engine"] == "chatterbox-multilingual"
+    assert r.headers["X-TTS-Engine"] == "kyutai-pocket-tts"  # Kyutai stays Kyutai
     assert r.headers["X-TTS-Routed-From"] == KYUTAI
     assert decode(r.content)[1] == 24000
     # the job's JSON says the same
@@ -74,7 +74,7 @@ def test_spanish_asked_of_kyutai_is_spoken_by_chatterbox(server):
             break
         time.sleep(0.1)
     assert job["status"] == "succeeded", job
-    assert job["result"]["engine"] == "chatterbox-multilingual" and job["result"]["routed_from"] == KYUTAI
+    assert job["result"]["engine"] == "kyutai-pocket-tts" and job["result"]["routed_from"] == KYUTAI
 
 
 def test_kyutai_voices_are_listed_and_clip_voices_refused(server):

@@ -39,7 +39,7 @@ def pyngrok(monkeypatch):
     state = {"running": False, "tunnels": [], "connect_error": None}
 
     def connect(addr=None, proto=None, name=None, pyngrok_config=None, **options):
-        calls["connect"].append({"addr": addr, "proto": proto, "config": pyngrok_config})
+        calls["connect"].append({"addr": addr, "proto": proto, "config": pyngrok_config, "options": options})
         if state["connect_error"] is not None:
             raise state["connect_error"]
         t = types.SimpleNamespace(public_url="https://abc123.ngrok-free.app")
@@ -122,6 +122,7 @@ def test_invalid_port():
 
 def test_token_from_argument_opens_ngrok(pyngrok):
     r = tunnel.open_tunnel(8000, authtoken=TOKEN, region="eu")
+    assert pyngrok.calls["connect"][0]["options"] == {}  # no static domain: a random URL
     assert r.ok and r.provider == "ngrok" and r.public_url == "https://abc123.ngrok-free.app"
     assert r.token_source == "argument"
     assert tunnel.SKIP_WARNING_HEADER in r.message and TOKEN not in r.message
@@ -251,7 +252,7 @@ def test_colab_secret_is_used(pyngrok, monkeypatch):
     seen = install_fake_colab(monkeypatch, secret="colabtoken")
     r = tunnel.open_tunnel(8000)
     assert r.ok and r.provider == "ngrok" and r.token_source == "colab-secret"
-    assert seen["secret_names"] == ["NGROK_AUTHTOKEN"]
+    assert seen["secret_names"] == ["NGROK_AUTHTOKEN", "NGROK_DOMAIN"]  # the domain is optional
     assert pyngrok.calls["connect"][0]["config"].auth_token == "colabtoken"
     assert seen["js"] == []  # no proxy needed
 
@@ -260,14 +261,14 @@ def test_env_token_wins_over_colab_secret(pyngrok, monkeypatch):
     seen = install_fake_colab(monkeypatch, secret="colabtoken")
     monkeypatch.setenv("NGROK_AUTHTOKEN", "envtoken")
     assert tunnel.open_tunnel(8000).token_source == "env"
-    assert seen["secret_names"] == []
+    assert "NGROK_AUTHTOKEN" not in seen["secret_names"]
 
 
 def test_colab_ngrok_failure_falls_back_to_proxy(pyngrok, monkeypatch):
     seen = install_fake_colab(monkeypatch, secret="colabtoken")
     pyngrok.state["connect_error"] = RuntimeError("ngrok unreachable")
     r = tunnel.open_tunnel(8000)
-    assert r.provider == "colab-proxy" and r.public_url == "https://8000-m-s-abc.colab.dev/"
+    assert r.provider == "colab-proxy" and r.public_url == "https://8000-m-s-abc.colab.dev"  # no trailing slash: no "//health"
     assert seen["js"] == ["google.colab.kernel.proxyPort(8000)"]
     assert "ngrok unreachable" in r.message and "this browser" in r.message
     assert tunnel.tunnel_alive() is True  # the proxy lives as long as the kernel
@@ -298,3 +299,39 @@ def test_colab_proxy_failure_is_reported(pyngrok, monkeypatch):
     r = tunnel.open_tunnel(8000)
     assert r.public_url is None and r.provider is None
     assert "proxy" in r.message and "NGROK_AUTHTOKEN" in r.message
+
+
+# ----------------------------------------------------------------------------- static domain
+
+@pytest.mark.parametrize("given", ["mi-marca.ngrok-free.app", "https://Mi-Marca.ngrok-free.app/"])
+def test_a_static_domain_keeps_the_url(pyngrok, given):
+    r = tunnel.open_tunnel(8000, authtoken=TOKEN, domain=given)
+    assert r.ok
+    assert pyngrok.calls["connect"][0]["options"] == {"domain": "mi-marca.ngrok-free.app"}
+
+
+def test_the_static_domain_from_the_environment(pyngrok, monkeypatch):
+    monkeypatch.setenv("NGROK_DOMAIN", "env-domain.ngrok-free.app")
+    tunnel.open_tunnel(8000, authtoken=TOKEN)
+    assert pyngrok.calls["connect"][0]["options"] == {"domain": "env-domain.ngrok-free.app"}
+
+
+def test_the_static_domain_from_a_colab_secret(pyngrok, monkeypatch):
+    install_fake_colab(monkeypatch, secret="secret-domain.ngrok-free.app")
+    tunnel.open_tunnel(8000, authtoken=TOKEN)
+    assert pyngrok.calls["connect"][0]["options"] == {"domain": "secret-domain.ngrok-free.app"}
+
+
+def test_health_reports_the_current_public_url(pyngrok, make_settings):
+    from backend.app import create_app, shutdown_app
+
+    app = create_app(make_settings())
+    try:
+        client = app.test_client()
+        assert client.get("/health").get_json()["public_url"] is None
+        tunnel.open_tunnel(8000, authtoken=TOKEN)
+        assert client.get("/health").get_json()["public_url"] == "https://abc123.ngrok-free.app"
+        tunnel.close_tunnel()
+        assert client.get("/health").get_json()["public_url"] is None
+    finally:
+        shutdown_app(app)

@@ -49,6 +49,8 @@ def test_the_page_hears_spanish_from_a_fake_microphone_and_plays_a_reply(live_se
             page.on("console", lambda m: console.append(m.text))
             page.goto(f"{server.url}/vita?token={API_KEY}")
             page.wait_for_function("document.getElementById('status').textContent === 'conectado'", timeout=20000)
+            # connected with the key, which no longer shows in the address bar (replaceState: nor in history)
+            assert page.url == f"{server.url}/vita"
             page.click("#start")
             page.wait_for_function(
                 "window.vitaEvents.some(e => e.event === 'transcript') && "

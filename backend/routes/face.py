@@ -14,10 +14,11 @@ from services.face import INSWAPPER, PACK, FaceConfig, FaceService
 from services.face.video import check_video, swap_video
 from services.media import image_mime
 
-from ..api import Upload, body_params, doc, ok, raw_json
+from ..api import Upload, body_params, doc, ok, raw_json, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import current_owner, run_job
+from ..jobs import BATCH
 from ..uploads import save_upload
 
 bp = Blueprint("face", __name__)
@@ -153,6 +154,7 @@ def detect():
 
 
 @bp.post("/face-swap")
+@seed_shape
 @doc(summary="Put the source image's face on the target image's faces (all, or those chosen by index)",
      tags=TAGS, body=SwapOptions, form=SwapOptions, files=SWAP_FILES, responses=ERRORS, content_type="image/png")
 def face_swap():
@@ -182,6 +184,7 @@ def face_swap():
 
 
 @bp.post("/face-swap/video")
+@seed_shape
 @doc(summary="Swap faces in a video (a job: per-frame progress, cancel; audio and frame rate kept)",
      tags=TAGS, body=VideoSwapOptions, form=VideoSwapOptions, responses=ERRORS,
      files={"source": SWAP_FILES["source"],
@@ -194,7 +197,7 @@ def face_swap_video():
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
               "target_indices": opts.target_indices}
     return run_job("face.swap_video", params, lambda job: ok(
-        {"job_id": job.id, "url": f"/jobs/{job.id}/files/{job.result['file']}", **job.result}))
+        {"job_id": job.id, "url": f"/jobs/{job.id}/files/{job.result['file']}", **job.result}), lane=BATCH)
 
 
 # --------------------------------------------------------------------------- jobs

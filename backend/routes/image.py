@@ -13,7 +13,7 @@ from services.image import FORMATS, JOB_KIND, MAX_SEED, STEPS, ImageCache, Image
 from services.image.magic_prompt import DEFAULT_STYLE, STYLES, make_expander
 from services.media import image_mime
 
-from ..api import doc, json_body, ok
+from ..api import doc, json_body, ok, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
@@ -116,6 +116,7 @@ def _submit(req, render):
 
 
 @bp.post("/generate-image")
+@seed_shape
 @doc(summary="Text to image with SDXL-Lightning: the image itself, or JSON with urls / base64", tags=["image"],
      body=GenerateImageBody, responses=ERRORS, content_type="image/png")
 def generate_image():
@@ -197,6 +198,7 @@ def openai_generations():
 
 
 @bp.post("/magic-prompt")
+@seed_shape
 @doc(summary="Turn a short Spanish or English idea into a detailed SDXL prompt (rules, no GPU)", tags=["image"],
      body=MagicPromptBody, responses={400: "a parameter is invalid"})
 def magic_prompt():

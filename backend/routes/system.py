@@ -11,9 +11,9 @@ from .. import __version__
 from ..api import build_openapi, doc, ok
 from ..auth import public
 from ..context import backend
+from ..tunnel import current_tunnel
 
 bp = Blueprint("system", __name__)
-GB = 1024**3
 
 
 @bp.get("/health")
@@ -22,6 +22,7 @@ GB = 1024**3
 def health():
     b = backend()
     return ok({"status": "ok", "version": __version__, "device": b.settings.resolved_device,
+               "public_url": current_tunnel()[0],
                "profile": b.settings.profile, "uptime_s": round(time.time() - b.started_at, 1),
                "queue_length": b.jobs.queue_length()})
 
@@ -29,28 +30,7 @@ def health():
 @bp.get("/vram-monitor")
 @doc(summary="GPU memory and what the offloader holds", tags=["system"])
 def vram_monitor():
-    snap = backend().vram.snapshot()
-    gpu = diagnostics.gpu_info()
-    if gpu.get("cuda_available"):
-        import torch
-
-        total = torch.cuda.get_device_properties(0).total_memory
-        allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-        free = torch.cuda.mem_get_info()[0]
-    else:  # CPU: the offloader's bookkeeping against its configured budget
-        total, allocated = snap["budget_bytes"], snap["used_bytes"]
-        reserved, free = allocated, total - allocated
-    loaded = [m["name"] for m in snap["models"] if m["state"] == "gpu"]
-    return ok({
-        "device": snap["device"],
-        "total_gb": round(total / GB, 3),
-        "allocated_gb": round(allocated / GB, 3),
-        "reserved_gb": round(reserved / GB, 3),
-        "free_gb": round(free / GB, 3),
-        "utilization_percent": round(100 * allocated / total, 1) if total else 0.0,
-        "models_loaded": loaded,
-        "offloader": snap,
-    })
+    return ok(diagnostics.vram_report(backend().vram, diagnostics.torch_cuda_memory))
 
 
 @bp.get("/diagnostics")
@@ -58,6 +38,7 @@ def vram_monitor():
 def diagnostics_route():
     s = backend().settings
     data = diagnostics.report(s.data_dir, device=s.resolved_device, dtype=s.dtype_name)
+    data["vram_devices"] = diagnostics.vram_report(backend().vram, diagnostics.torch_cuda_memory)["devices"]
     data["models"] = backend().models
     return ok(data)
 

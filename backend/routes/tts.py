@@ -15,14 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.media import audio_mime, encode_audio
 from services.tts.kyutai_engine import KyutaiOptions
+from services.tts.pocket_engine import PocketOptions
 from services.tts.service import LANGUAGES, MAX_CHUNK, MODEL_IDS, SpeechRequest, TtsService
 from services.tts.voices import DEFAULT_VOICE, OPENAI_VOICES, VOICE_ID
 
-from ..api import Upload, body_params, doc, json_body, ok, raw_json
+from ..api import Upload, body_params, doc, json_body, ok, raw_json, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import raise_for_job, run_job, submit
-from ..jobs import CANCELLED, FAILED, SUCCEEDED
+from ..jobs import BATCH, CANCELLED, FAILED, INTERACTIVE, SUCCEEDED
 from ..sockets import AuthedNamespace
 from ..uploads import save_upload
 
@@ -37,7 +38,9 @@ _END = object()
 # The service checks models, languages and voices (with its own messages); these put them in the document.
 MODEL = {"enum": list(MODEL_IDS)}
 LANGUAGE = {"enum": [*LANGUAGES, None]}
-VOICE = {"anyOf": [{"enum": [DEFAULT_VOICE, *OPENAI_VOICES]}, {"type": "string", "pattern": VOICE_ID.pattern}],
+# The store full-matches VOICE_ID; a JSON-schema pattern matches anywhere unless anchored.
+VOICE_PATTERN = f"^(?:{VOICE_ID.pattern.removeprefix('^').removesuffix('$')})$"
+VOICE = {"anyOf": [{"enum": [DEFAULT_VOICE, *OPENAI_VOICES]}, {"type": "string", "pattern": VOICE_PATTERN}],
          "description": "a built-in voice, a predefined or cloned voice id (GET /v1/audio/voices)"}
 
 
@@ -81,12 +84,12 @@ class CloneForm(BaseModel):
     name: str = Field("", max_length=100)
     # The pattern is documented here and checked by the voice store (one rule for every way in).
     id: str | None = Field(None, description="optional id (a-z, 0-9, '-', '_')",
-                           json_schema_extra={"pattern": VOICE_ID.pattern})
+                           json_schema_extra={"pattern": VOICE_PATTERN})
 
 
 class VoicePath(BaseModel):
     """Documents the path parameter (the voice store checks it)."""
-    voice_id: str = Field(..., pattern=VOICE_ID.pattern, description="a cloned voice's id")
+    voice_id: str = Field(..., pattern=VOICE_PATTERN, description="a cloned voice's id")
 
 
 def service() -> TtsService:
@@ -160,7 +163,7 @@ def _start_stream(req: SpeechRequest):
     with _streams_lock:
         _streams[stream_id] = out
     try:
-        job = submit(STREAM_KIND, {"request": _plan_params(plan.request), "stream": stream_id})
+        job = submit(STREAM_KIND, {"request": _plan_params(plan.request), "stream": stream_id}, lane=_lane(plan.request))
     except Exception:
         with _streams_lock:
             _streams.pop(stream_id, None)
@@ -248,13 +251,19 @@ def _speech_request(body: SpeechParams, *, text: str, model: str | None, voice: 
                          chunk_size=body.chunk_size)
 
 
+def _lane(req: SpeechRequest) -> str:
+    return INTERACTIVE if len(req.text) <= backend().settings.interactive_max_tts_chars else BATCH
+
+
 def _respond(req: SpeechRequest, fmt: str):
     plan = service().plan(req)  # bad text / voice / language answer 400/404 before queueing
-    return run_job(SPEECH_KIND, {"request": _plan_params(plan.request), "format": fmt}, _render_audio)
+    return run_job(SPEECH_KIND, {"request": _plan_params(plan.request), "format": fmt}, _render_audio,
+                   lane=_lane(plan.request))
 
 
 # --- routes ----------------------------------------------------------------------------------
 @bp.post("/tts")
+@seed_shape
 @doc(summary="Speak text (seed 004's body): predefined or cloned voice, chunked, any format", tags=["tts"],
      body=TtsBody, content_type="audio/wav", responses={400: "bad parameter", 404: "unknown voice",
                                                         503: "model not available"})
@@ -375,8 +384,11 @@ def install(app, b) -> None:
     s = b.settings
     kyutai = KyutaiOptions(default_voice=s.tts_kyutai_voice, max_seconds=s.tts_kyutai_max_seconds,
                            cfg_coef=s.tts_kyutai_cfg_coef)
+    pocket = PocketOptions(device=s.tts_pocket_device, max_seconds=s.tts_pocket_max_seconds,
+                           default_voice=s.tts_pocket_voice)
     svc = TtsService(b.model_env, voices_dir=s.data_dir / "voices", max_chars=s.tts_max_chars,
-                     clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai)
+                     clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai,
+                     pocket=pocket)
     svc.register_models()
     app.extensions["enfoads.tts"] = svc
     b.tts = svc
@@ -385,5 +397,8 @@ def install(app, b) -> None:
     b.jobs.register(STREAM_KIND, stream)
     app.register_blueprint(bp)
     b.socketio.on_namespace(TtsNamespace("/tts", b, app))
+    from . import kyutai  # the Kyutai client's contract, on top of this service
+
+    kyutai.install(app, b)
     for m in svc.models():
         b.models.append({"id": m["id"], "family": "tts", "available": m["available"]})

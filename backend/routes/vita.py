@@ -125,7 +125,7 @@ class VitaNamespace(AuthedNamespace):
         session = self.manager.get(request.sid)
         if session is None:
             self.emit("error", {"message": "no assistant session on this connection (too many users?)",
-                                "code": "no_session", "param": None}, to=request.sid)
+                                "code": "no_session", "param": None}, room=request.sid)
         return session
 
     def on_audio(self, data=None):
@@ -161,8 +161,10 @@ class VitaNamespace(AuthedNamespace):
 def vita_page():
     # Public because a browser cannot send the key header on a navigation; the page holds no
     # secret, and the Socket.IO connection it opens checks the token.
+    # The page takes the key out of its address at once (history.replaceState); no-referrer keeps
+    # it out of any request the page makes meanwhile, and the access log redacts it.
     html = (STATIC / "index.html").read_text(encoding="utf-8")
-    return Response(html, mimetype="text/html", headers={"Cache-Control": "no-store"})
+    return Response(html, mimetype="text/html", headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
 @bp.get("/vita/static/<path:name>")

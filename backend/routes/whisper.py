@@ -17,10 +17,11 @@ from services.whisper.subtitles import DEFAULT_MAX_LINE_CHARS, DEFAULT_MAX_LINES
 from services.whisper.transcriber import options_dict
 from services.whisper.video import check_video
 
-from ..api import Upload, body_params, doc, form_params, ok, raw_json
+from ..api import Upload, body_params, doc, form_params, ok, raw_json, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
+from ..jobs import BATCH, INTERACTIVE
 from ..uploads import save_upload
 
 bp = Blueprint("whisper", __name__)
@@ -98,8 +99,9 @@ def _parse(model: type[BaseModel]):
     return body_params(model), raw_json()
 
 
-def _upload_media(body: dict | None, *, video: bool = False) -> Path:
-    """Save the `file` upload and refuse what cannot be transcribed before it queues."""
+def _upload_media(body: dict | None, *, video: bool = False) -> tuple[Path, str]:
+    """Save the `file` upload and refuse what cannot be transcribed before it queues; the lane its
+    length calls for."""
     path = save_upload("file", json_body=body)
     info = media.probe(path)
     if video:
@@ -107,7 +109,8 @@ def _upload_media(body: dict | None, *, video: bool = False) -> Path:
     if not info.has_audio:
         raise ApiError(400, "the file has no audio stream", param="file", code="no_audio")
     _service().check_duration(info.duration)
-    return path
+    short = info.duration <= backend().settings.interactive_max_audio_seconds
+    return path, INTERACTIVE if short and not video else BATCH
 
 
 def _files(job_id: str, names: dict) -> dict:
@@ -120,12 +123,12 @@ def _text_or_json(body, fmt: str, extra: dict | None = None):
     return Response(body, content_type=MIME[fmt])
 
 
-def _openai(params: dict, fmt: str):
+def _openai(params: dict, fmt: str, lane: str):
     def render_job(job):
         result = {k: v for k, v in job.result.items() if k != "files"}
         return _text_or_json(render(result, fmt), fmt)
 
-    return run_job(whisper_jobs.TRANSCRIBE, params, render_job)
+    return run_job(whisper_jobs.TRANSCRIBE, params, render_job, lane=lane)
 
 
 @bp.post("/v1/audio/transcriptions")
@@ -142,8 +145,8 @@ def openai_transcriptions():
     opts = svc.options(language=q.language or "default", initial_prompt=q.prompt, temperature=q.temperature,
                        word_timestamps=words)
     key = svc.model_key(q.model)
-    path = _upload_media(None)
-    return _openai({"path": str(path), "options": options_dict(opts), "model": key}, fmt)
+    path, lane = _upload_media(None)
+    return _openai({"path": str(path), "options": options_dict(opts), "model": key}, fmt, lane)
 
 
 @bp.post("/v1/audio/translations")
@@ -156,8 +159,8 @@ def openai_translations():
     opts = svc.options(language=q.language or "default", task="translate", initial_prompt=q.prompt,
                        temperature=q.temperature)
     key = svc.model_key(q.model)
-    path = _upload_media(None)
-    return _openai({"path": str(path), "options": options_dict(opts), "model": key}, fmt)
+    path, lane = _upload_media(None)
+    return _openai({"path": str(path), "options": options_dict(opts), "model": key}, fmt, lane)
 
 
 def _options(q: TranscribeRequest):
@@ -169,6 +172,7 @@ def _options(q: TranscribeRequest):
 
 
 @bp.post("/transcribe")
+@seed_shape
 @doc(summary="Transcribe or translate audio/video; subtitles as SRT/VTT files too", tags=["whisper"],
      body=TranscribeRequest, form=TranscribeRequest, files={"file": MEDIA}, responses=ERRORS)
 def transcribe():
@@ -176,7 +180,7 @@ def transcribe():
     fmt = check_format(q.response_format)
     opts, key = _options(q)
     lines = {"max_line_chars": q.max_line_chars, "max_lines": q.max_lines}
-    path = _upload_media(raw)
+    path, lane = _upload_media(raw)
 
     def render_job(job):
         result = {k: v for k, v in job.result.items() if k != "files"}
@@ -184,17 +188,18 @@ def transcribe():
         return _text_or_json(body, fmt, {"job_id": job.id, "files": _files(job.id, job.result["files"])})
 
     return run_job(whisper_jobs.TRANSCRIBE, {"path": str(path), "options": options_dict(opts), "model": key,
-                                             "lines": lines}, render_job)
+                                             "lines": lines}, render_job, lane=lane)
 
 
 @bp.post("/subtitle-video")
+@seed_shape
 @doc(summary="Transcribe a video and burn its subtitles in (or add a soft track); mp4 out",
      tags=["whisper"], body=SubtitleVideoRequest, form=SubtitleVideoRequest, files={"file": VIDEO},
      responses=ERRORS)
 def subtitle_video():
     q, raw = _parse(SubtitleVideoRequest)
     opts, key = _options(q)
-    path = _upload_media(raw, video=True)
+    path, lane = _upload_media(raw, video=True)
     style = {"font_size": q.font_size, "position": q.position, "max_line_chars": q.max_line_chars,
              "max_lines": q.max_lines}
 
@@ -213,7 +218,7 @@ def subtitle_video():
 
     return run_job(whisper_jobs.SUBTITLE_VIDEO,
                    {"path": str(path), "options": options_dict(opts), "model": key, "mode": q.mode, "style": style,
-                    "crf": backend().settings.whisper_video_crf}, render_job)
+                    "crf": backend().settings.whisper_video_crf}, render_job, lane=lane)
 
 
 def install(app, b) -> None:

@@ -2,6 +2,7 @@
 buffalo_l pack, and inswapper_128 with paste-back. Both models go through the VRAM offloader."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -118,13 +119,17 @@ class FaceService:
         self.runtime[key].clear()
         self.runtime[key].update(loaded=True, **runtime)
 
+    def _on(self, device: str) -> FaceConfig:
+        """The config for the device the offloader chose (the CUDA provider's device_id follows it)."""
+        return self.cfg if device == self.cfg.device else dataclasses.replace(self.cfg, device=device)
+
     def _load_pack(self, device: str):
-        pack = models.load_pack(self.env.locate(PACK), self.cfg)
+        pack = models.load_pack(self.env.locate(PACK), self._on(device))
         self._note(PACK, pack.runtime)
         return pack
 
     def _load_swapper(self, device: str):
-        swapper = models.load_swapper(self.cfg)
+        swapper = models.load_swapper(self._on(device))
         self._note(INSWAPPER, swapper.runtime)
         return swapper
 

@@ -58,13 +58,13 @@ def swap_video(service: FaceService, source: Path, target: Path, out_path: Path,
     vram = service.env.vram
     out_path.parent.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda fraction, message: None)
-    with vram.acquire(PACK) as pack, vram.acquire(INSWAPPER) as swapper:
+    with vram.acquire(PACK) as pack:
         src_face = service.source_face(pack, src, source_index)
-        try:
-            stats = _transcode(pack, swapper, service, src_face, target, out_path, info, target_indices, report)
-        except BaseException:
-            out_path.unlink(missing_ok=True)
-            raise
+    try:
+        stats = _transcode(vram, service, src_face, target, out_path, info, target_indices, report)
+    except BaseException:
+        out_path.unlink(missing_ok=True)
+        raise
     if stats["frames_with_faces"] == 0:
         out_path.unlink(missing_ok=True)
         raise Unprocessable("no face found in any frame of the target video", param="target", code="no_face")
@@ -72,7 +72,7 @@ def swap_video(service: FaceService, source: Path, target: Path, out_path: Path,
             "providers": service.providers(PACK, INSWAPPER), "warnings": service.warnings(PACK, INSWAPPER)}
 
 
-def _transcode(pack, swapper, service, src_face, target, out_path, info, target_indices, report) -> dict:
+def _transcode(vram, service, src_face, target, out_path, info, target_indices, report) -> dict:
     import av
 
     cfg = service.cfg
@@ -105,13 +105,16 @@ def _transcode(pack, swapper, service, src_face, target, out_path, info, target_
                         raise TooLarge(f"the video runs past the {cfg.video_max_seconds:g} s limit",
                                        param="target", code="video_too_long")
                     img = frame.to_ndarray(format="bgr24")
-                    faces = analyze(pack, img)
-                    chosen = [i for i in (range(len(faces)) if target_indices is None else target_indices)
-                              if 0 <= i < len(faces)]
-                    if chosen:
-                        with_faces += 1
-                        swaps += len(chosen)
-                        img = service.swap_faces(swapper, img, faces, chosen, src_face)
+                    # Held per frame (a resident acquire costs microseconds): a job paused for
+                    # interactive work between frames holds no model in use.
+                    with vram.acquire(PACK) as pack, vram.acquire(INSWAPPER) as swapper:
+                        faces = analyze(pack, img)
+                        chosen = [i for i in (range(len(faces)) if target_indices is None else target_indices)
+                                  if 0 <= i < len(faces)]
+                        if chosen:
+                            with_faces += 1
+                            swaps += len(chosen)
+                            img = service.swap_faces(swapper, img, faces, chosen, src_face)
                     new = av.VideoFrame.from_ndarray(img, format="bgr24")
                     pts = frame.pts if frame.pts is not None else (0 if last_pts is None else last_pts + 1)
                     if last_pts is not None and pts <= last_pts:

@@ -2,6 +2,7 @@
 and English Turbo, loaded with the package's own `from_local` and run through the offloader."""
 from __future__ import annotations
 
+import contextvars
 import logging
 import shutil
 import threading
@@ -41,42 +42,58 @@ def _seed_cangjie_cache(folder: Path) -> None:
         log.warning("could not seed the Cangjie cache in %s", folder, exc_info=True)
 
 
+PKUSEG_KEY = "spacy-pkuseg-ontonotes"
 _pkuseg_patch_lock = threading.Lock()
+_segmenter_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("pkuseg_dir", default=None)
 
 
-def _tolerate_missing_pkuseg() -> None:
-    """pkuseg downloads its model when the multilingual tokenizer is built, and a failure (offline)
-    used to abort the whole load although only Chinese uses it: log and go on without it."""
+def _segmenter_from_models_dir() -> None:
+    """Chatterbox's ChineseCangjieConverter builds `spacy_pkuseg.pkuseg()` when the multilingual
+    tokenizer loads, and pkuseg downloads its default model into ~/.pkuseg (PKUSEG_HOME) on first
+    use, outside the data dir and whatever HF_HUB_OFFLINE says. Here it is built from the folder
+    prefetch placed under the models dir, given by path (pkuseg then loads it as is and never
+    downloads), or not at all, with a warning: only Chinese text needs it."""
     from chatterbox.models.tokenizers import tokenizer as tok_mod
 
     with _pkuseg_patch_lock:
         conv = tok_mod.ChineseCangjieConverter
-        if getattr(conv, "_enfoads_tolerant", False):
+        if getattr(conv, "_enfoads_segmenter", False):
             return
-        original = conv._init_segmenter
 
         def init_segmenter(self):
+            self.segmenter = None
+            folder = _segmenter_dir.get()
+            if folder is None:
+                log.warning("Chinese word segmentation off: the %s model is not in the models dir (run "
+                            "`python -m prefetch %s`); Chinese text is read unsegmented", PKUSEG_KEY, PKUSEG_KEY)
+                return
             try:
-                original(self)
+                from spacy_pkuseg import pkuseg
+
+                self.segmenter = pkuseg(model_name=str(folder))
             except Exception as exc:
-                log.warning("Chinese word segmentation unavailable (pkuseg: %s); Chinese text is read unsegmented",
-                            exc)
-                self.segmenter = None
+                log.warning("Chinese word segmentation off: %s does not load (%s: %s); Chinese text is read "
+                            "unsegmented", folder, type(exc).__name__, exc)
 
         conv._init_segmenter = init_segmenter
-        conv._enfoads_tolerant = True
+        conv._enfoads_segmenter = True
 
 
-def load_chatterbox(kind: str, folder: Path, device: str):
-    """The package's model object for `kind` (multilingual | en | turbo) from a local folder."""
+def load_chatterbox(kind: str, folder: Path, device: str, *, segmenter_dir: Path | None = None):
+    """The package's model object for `kind` (multilingual | en | turbo) from a local folder;
+    `segmenter_dir`: the multilingual tokenizer's Chinese word segmenter (None: none)."""
     folder = Path(folder)
     with chatterbox_arch.overrides(folder):
         if kind == "multilingual":
             from chatterbox.mtl_tts import ChatterboxMultilingualTTS
 
             _seed_cangjie_cache(folder)
-            _tolerate_missing_pkuseg()
-            return ChatterboxMultilingualTTS.from_local(folder, device)
+            _segmenter_from_models_dir()
+            token = _segmenter_dir.set(segmenter_dir)
+            try:
+                return ChatterboxMultilingualTTS.from_local(folder, device)
+            finally:
+                _segmenter_dir.reset(token)
         if kind == "en":
             from chatterbox.tts import ChatterboxTTS
 
@@ -156,7 +173,10 @@ class ChatterboxEngine:
     def _load(self, device: str):
         folder = self.env.locate(self.name)
         log.info("loading %s from %s on %s", self.name, folder, device)
-        tts = load_chatterbox(self.spec.kind, folder, device)
+        segmenter = None
+        if self.spec.kind == "multilingual" and self.env.present(PKUSEG_KEY):
+            segmenter = self.env.locate(PKUSEG_KEY)
+        tts = load_chatterbox(self.spec.kind, folder, device, segmenter_dir=segmenter)
         # Chatterbox runs fp32 everywhere: on a T4 bf16 is emulated (slower) and its fp16 path is
         # not what upstream tests; the model stays fp32 whatever the global dtype policy says.
         self._builtin = tts.conds

@@ -22,16 +22,21 @@ from .chatterbox_engine import CHATTERBOX_MODELS, ChatterboxEngine
 from .kyutai_engine import LANGUAGES as KYUTAI_LANGUAGES
 from .kyutai_engine import MODEL_KEY as KYUTAI_MODEL
 from .kyutai_engine import KyutaiEngine, KyutaiOptions
+from .pocket_engine import LANGUAGES as POCKET_LANGUAGES
+from .pocket_engine import MODEL_KEY as POCKET_MODEL
+from .pocket_engine import PocketEngine, PocketOptions
 from .voices import VoiceStore
 
 log = logging.getLogger("enfoads.tts")
 
 DEFAULT_MODEL = "chatterbox-multilingual"
 MULTILINGUAL = "chatterbox-multilingual"
+POCKET = "kyutai-pocket-tts"
 MAX_CHUNK = 500
 # What the default engines offer (a service built with other engines answers for its own).
-MODEL_IDS = (*(spec.model_id for spec in CHATTERBOX_MODELS), KYUTAI_MODEL)
-LANGUAGES = tuple(sorted({lang for spec in CHATTERBOX_MODELS for lang in spec.languages} | set(KYUTAI_LANGUAGES)))
+MODEL_IDS = (*(spec.model_id for spec in CHATTERBOX_MODELS), KYUTAI_MODEL, POCKET_MODEL)
+LANGUAGES = tuple(sorted({lang for spec in CHATTERBOX_MODELS for lang in spec.languages}
+                         | set(KYUTAI_LANGUAGES) | set(POCKET_LANGUAGES)))
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ Progress = Callable[[float, str], None]
 
 class TtsService:
     def __init__(self, model_env, *, voices_dir: Path, max_chars: int = 5000, clip_min_s: float = 5.0,
-                 clip_max_s: float = 30.0, engines: dict | None = None, kyutai: KyutaiOptions | None = None):
+                 clip_max_s: float = 30.0, engines: dict | None = None, kyutai: KyutaiOptions | None = None,
+                 pocket: PocketOptions | None = None):
         self.env = model_env
         self.max_chars = max_chars
         self.voices = VoiceStore(voices_dir, min_seconds=clip_min_s, max_seconds=clip_max_s)
@@ -85,6 +91,8 @@ class TtsService:
             engines = {spec.model_id: ChatterboxEngine(spec, model_env) for spec in CHATTERBOX_MODELS}
             kyutai_engine = KyutaiEngine(model_env, kyutai)
             engines[kyutai_engine.name] = kyutai_engine
+            pocket_engine = PocketEngine(model_env, pocket)
+            engines[pocket_engine.name] = pocket_engine
         self.engines: dict = engines
         self._lock = threading.Lock()
 
@@ -134,8 +142,12 @@ class TtsService:
                                f"{', '.join(all_languages)}", param="language", code="unsupported_language")
         routed_from = None
         if language not in engine.languages:
-            # e.g. Spanish asked of an English/French-only model: the multilingual model speaks it.
-            fallback = self.engines.get(MULTILINGUAL)
+            # e.g. Spanish asked of an English/French-only model: the multilingual model speaks it;
+            # asked of Kyutai's DSM, Kyutai's Pocket TTS does (Kyutai stays Kyutai).
+            pocket = self.engines.get(POCKET)
+            kyutai_asked = getattr(engine, "family", "") == "kyutai"
+            fallback = pocket if kyutai_asked and pocket is not None and language in pocket.languages \
+                else self.engines.get(MULTILINGUAL)
             if fallback is None or language not in fallback.languages:
                 raise InvalidInput(f"language: {req.model} does not speak {language!r} "
                                    f"(it speaks {', '.join(engine.languages)})", param="language",

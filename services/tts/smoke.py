@@ -7,7 +7,10 @@ projections), each speech position then maps to one fixed speech token below 656
 `RIGGED_TOKENS` on the stop token wins (or, where the multilingual alignment analyzer suppresses
 it, a repeated token that makes the analyzer force the stop). Everything after T3 stays random.
 
-Kyutai DSM TTS: see `kyutai_smoke`.
+Kyutai DSM TTS: see `kyutai_smoke`; Kyutai Pocket TTS: `pocket_smoke`.
+
+spacy-pkuseg's Chinese segmenter (`spacy-pkuseg-ontonotes`): its two files (`features.msgpack`,
+`weights.npz`) with a three-feature vocabulary and random weights: it loads and cuts text.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from prefetch.manifest import smoke_builder
 
 from . import chatterbox_arch
 from .kyutai_smoke import build_kyutai
+from .pocket_smoke import build_pocket
 
 log = logging.getLogger("enfoads.tts.smoke")
 
@@ -119,7 +123,9 @@ def build_chatterbox(folder: Path, *, multilingual: bool) -> None:
     # The built-in voice (conds.pt), made the way Chatterbox makes any voice: from a clip.
     from .chatterbox_engine import load_chatterbox
 
-    tts = load_chatterbox("multilingual" if multilingual else "en", folder, "cpu")
+    segmenter = folder.parent / "spacy-pkuseg-ontonotes"
+    tts = load_chatterbox("multilingual" if multilingual else "en", folder, "cpu",
+                          segmenter_dir=segmenter if segmenter.is_dir() else None)
     ref = folder / "_ref.wav"
     _noise_wav(ref)
     tts.prepare_conditionals(str(ref), exaggeration=0.5)
@@ -127,10 +133,26 @@ def build_chatterbox(folder: Path, *, multilingual: bool) -> None:
     tts.conds.save(folder / "conds.pt")
 
 
+def build_pkuseg(folder: Path) -> Path:
+    import srsly
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tags = ["B", "B_single", "I", "I_end", "I_first"]  # pkuseg's tag set
+    features = {"c.中": 0, "c.文": 1, "c.日": 2}
+    srsly.write_msgpack(folder / "features.msgpack", {"unigram": ["中", "文"], "bigram": ["中文"],
+                                                      "feature_to_idx": features,
+                                                      "tag_to_idx": {t: i for i, t in enumerate(tags)}})
+    w = np.random.default_rng(0).standard_normal(len(tags) * (len(features) + len(tags)))
+    np.savez(folder / "weights.npz", sizes=np.array([len(tags), len(features)]), w=w)
+    return folder
+
+
 @smoke_builder("tts")
 def build(models_dir: Path) -> None:
     models_dir = Path(models_dir)
+    build_pkuseg(models_dir / "spacy-pkuseg-ontonotes")
     build_chatterbox(models_dir / "chatterbox-multilingual", multilingual=True)
     build_chatterbox(models_dir / "chatterbox-en", multilingual=False)
     build_kyutai(models_dir)
+    build_pocket(models_dir)
     log.info("built tiny TTS models in %s", models_dir)

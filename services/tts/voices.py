@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..errors import InvalidInput, NotFound, TooLarge
+from ..errors import Conflict, InvalidInput, NotFound, TooLarge
 from ..media import decode_audio, encode_audio
 from .audio import normalize_loudness
 
-VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Used with fullmatch only: `$` would also accept a trailing newline ("evil\n").
+VOICE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 CLIP_RATE = 24000
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a"}
 DEFAULT_VOICE = "default"
@@ -39,7 +41,7 @@ class Voice:
 
 
 def check_id(voice_id: str, param: str = "voice") -> str:
-    if not isinstance(voice_id, str) or not VOICE_ID.match(voice_id):
+    if not isinstance(voice_id, str) or not VOICE_ID.fullmatch(voice_id):
         raise InvalidInput(f"{param}: a voice id is 1-64 characters of a-z, 0-9, '-' and '_' "
                            f"(got {voice_id!r})", param=param, code="invalid_voice_id")
     return voice_id
@@ -52,6 +54,9 @@ class VoiceStore:
         self.cloned_dir = self.root / "cloned"
         self.min_seconds = min_seconds
         self.max_seconds = max_seconds
+        # Taking an id (exists? then move the clip in) must be one step: parallel clones of the
+        # same id would otherwise both pass the check and the last one would win silently.
+        self._claim = threading.Lock()
         self.predefined_dir.mkdir(parents=True, exist_ok=True)
         self.cloned_dir.mkdir(parents=True, exist_ok=True)
 
@@ -59,7 +64,7 @@ class VoiceStore:
     def _predefined(self) -> dict[str, Voice]:
         found = {DEFAULT_VOICE: Voice(DEFAULT_VOICE, "builtin", None, "the model's built-in voice")}
         for path in sorted(self.predefined_dir.iterdir()):
-            if path.suffix.lower() in AUDIO_SUFFIXES and VOICE_ID.match(path.stem.lower()):
+            if path.suffix.lower() in AUDIO_SUFFIXES and VOICE_ID.fullmatch(path.stem.lower()):
                 found[path.stem.lower()] = Voice(path.stem.lower(), "predefined", path)
         return found
 
@@ -97,7 +102,7 @@ class VoiceStore:
         if voice_id is not None:
             check_id(voice_id, "id")
             if voice_id in self._predefined() or voice_id in OPENAI_VOICES:
-                raise InvalidInput(f"id: {voice_id!r} is a predefined voice", param="id", code="voice_exists")
+                raise Conflict(f"id: {voice_id!r} is a predefined voice", param="id", code="voice_exists")
         try:
             samples = decode_audio(upload, CLIP_RATE, max_seconds=self.max_seconds + 0.5)
         except TooLarge:
@@ -117,11 +122,20 @@ class VoiceStore:
         samples = normalize_loudness(samples, CLIP_RATE)
         voice_id = voice_id or f"voice-{uuid.uuid4().hex[:12]}"
         clip = self.cloned_dir / f"{voice_id}.wav"
-        tmp = clip.with_suffix(".tmp")
+        # A name of its own per request: parallel clones never touch each other's files.
+        tmp = self.cloned_dir / f".{voice_id}.{uuid.uuid4().hex}.tmp"
         tmp.write_bytes(encode_audio(samples, CLIP_RATE, "wav"))
-        tmp.replace(clip)
         meta = {"name": name or voice_id, "created_at": time.time(), "seconds": round(seconds, 2)}
-        clip.with_suffix(".json").write_text(json.dumps(meta))
+        try:
+            with self._claim:
+                if clip.exists():
+                    raise Conflict(f"id: a cloned voice {voice_id!r} exists already; delete it first "
+                                   f"(DELETE /v1/audio/voices/{voice_id}) or choose another id",
+                                   param="id", code="voice_exists")
+                clip.with_suffix(".json").write_text(json.dumps(meta))
+                tmp.replace(clip)
+        finally:
+            tmp.unlink(missing_ok=True)
         return Voice(voice_id, "cloned", clip, meta["name"], meta["created_at"])
 
     def delete(self, voice_id: str) -> None:

@@ -101,8 +101,8 @@ class SessionManager:
             if sid not in self._sessions:  # the client left while the VAD was loading
                 session.close()
                 return None
-            for name in names:
-                self.vram.pin(name)
+            for name in names:  # one group per session: its models stay on one GPU
+                self.vram.pin(name, group=sid)
             self._sessions[sid] = session
             self._disconnects[sid] = disconnect
             self._pins[sid] = names
@@ -131,7 +131,7 @@ class SessionManager:
         session.close()
         for name in names:
             try:
-                self.vram.unpin(name)
+                self.vram.unpin(name, group=sid)
             except Exception:
                 log.warning("vita: unpin %s failed", name, exc_info=True)
         log.info("vita: session %s closed (%s); %d open", sid[:8], reason, left)

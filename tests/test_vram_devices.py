@@ -1,0 +1,423 @@
+"""The VRAM offloader over several devices (Kaggle's two T4s), on CPU with configured budgets."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from services.vram import GB, DeviceSpec, ModelsBusy, ModelTooLarge, VramError, VramOffloader
+from tests.conftest import API_KEY
+
+H = {"Authorization": f"Bearer {API_KEY}"}
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Torchish:
+    """A torch-like model: remembers where it was loaded and every device it was moved to."""
+
+    def __init__(self, name: str, device: str, log: list) -> None:
+        self.name, self.device, self.log = name, device, log
+        log.append(("load", name, device))
+
+    def to(self, device: str) -> "Torchish":
+        self.log.append(("to", self.name, device))
+        self.device = device
+        return self
+
+
+def two(budgets=(10, 10), **kw) -> VramOffloader:
+    kw.setdefault("gc_collect", False)
+    return VramOffloader(devices=[DeviceSpec(f"cpu:{i}", int(b * GB)) for i, b in enumerate(budgets)], **kw)
+
+
+def add(off: VramOffloader, name: str, gb: float, log: list | None = None, runtime: str = "torch", loader=None):
+    log = [] if log is None else log
+    off.register(name, loader or (lambda device: Torchish(name, device, log)), runtime=runtime,
+                 estimate_bytes=int(gb * GB))
+
+
+def use(off: VramOffloader, *names: str) -> None:
+    for name in names:
+        with off.acquire(name):
+            pass
+
+
+def where(off: VramOffloader) -> dict[str, str | None]:
+    return {m["name"]: m["device"] or m["state"] for m in off.snapshot()["models"]}
+
+
+def oom() -> RuntimeError:
+    return RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+# --------------------------------------------------------------------------- placement
+
+def test_a_model_goes_to_the_emptier_device():
+    off = two()
+    add(off, "sdxl", 6)
+    add(off, "tts", 3)
+    add(off, "whisper", 2)
+    use(off, "sdxl", "tts", "whisper")
+    # tts: 4 GB left on cpu:0 vs 10 on cpu:1; whisper: 4 vs 7
+    assert where(off) == {"sdxl": "cpu:0", "tts": "cpu:1", "whisper": "cpu:1"}
+    assert off.snapshot()["swaps"] == 3
+
+
+def test_a_model_too_big_for_one_device_goes_to_the_other():
+    off = two(budgets=(8, 16), reserve_bytes=GB)
+    add(off, "vlm", 12)
+    use(off, "vlm")
+    assert off.device_of("vlm") == "cpu:1"
+
+    add(off, "huge", 20)
+    with pytest.raises(ModelTooLarge) as info:
+        use(off, "huge")
+    msg = str(info.value)
+    assert "cpu:0" in msg and "cpu:1" in msg and "can never fit" in msg
+    assert off.state_of("huge") == "unloaded" and off.device_of("vlm") == "cpu:1"
+
+
+def test_loaders_and_moves_get_their_own_cuda_device():
+    """With real device names, the loader and .to() get the chosen GPU, and the footprint is
+    measured with that GPU's own probe."""
+    free = {"cuda:0": 15 * GB, "cuda:1": 15 * GB}
+    log: list = []
+
+    def loader(name, gb):
+        def load(device):
+            free[device] -= int(gb * GB)
+            return Torchish(name, device, log)
+        return load
+
+    off = VramOffloader(devices=[DeviceSpec(d, 15 * GB, (lambda d=d: (free[d], 15 * GB))) for d in free],
+                        gc_collect=False)
+    off.register("sdxl", loader("sdxl", 7.5), runtime="torch", estimate_bytes=7 * GB)
+    off.register("tts", loader("tts", 3.5), runtime="torch", estimate_bytes=3 * GB)
+    use(off, "sdxl", "tts")
+    assert ("load", "sdxl", "cuda:0") in log and ("load", "tts", "cuda:1") in log
+    assert off.size_of("sdxl") == int(7.5 * GB) and off.size_of("tts") == int(3.5 * GB)
+
+    off.evict("sdxl")
+    free["cuda:0"] += int(7.5 * GB)
+    assert log[-1] == ("to", "sdxl", "cpu")
+    use(off, "sdxl")  # back to where it was parked from: both have room, cuda:0 has more
+    assert log[-1] == ("to", "sdxl", "cuda:0") and off.device_of("sdxl") == "cuda:0"
+    snap = off.snapshot()
+    assert [d["name"] for d in snap["devices"]] == ["cuda:0", "cuda:1"]
+    assert snap["devices"][0]["models"] == ["sdxl"] and snap["devices"][1]["models"] == ["tts"]
+    assert snap["devices"][1]["device_free_bytes"] == int(11.5 * GB)
+    assert snap["device_total_bytes"] == 30 * GB and snap["budget_bytes"] == 30 * GB
+
+
+def test_a_parked_model_returns_to_its_device_when_both_fit_equally():
+    off = two()
+    add(off, "a", 4)
+    add(off, "b", 4)
+    add(off, "c", 4)
+    use(off, "a", "b")  # a on cpu:0, b on cpu:1
+    off.evict("b")
+    use(off, "c")  # cpu:1 is empty now: c goes there
+    use(off, "b")  # 6 GB left on each: b's own device wins the tie (not the first device)
+    assert where(off) == {"a": "cpu:0", "b": "cpu:1", "c": "cpu:1"}
+
+
+# --------------------------------------------------------------------------- eviction
+
+def test_eviction_is_per_device_and_lru_there():
+    off = two(budgets=(10, 6))
+    add(off, "a", 4)
+    add(off, "b", 4)
+    add(off, "c", 5)
+    use(off, "a", "b", "c")
+    assert where(off) == {"a": "cpu:0", "b": "cpu:0", "c": "cpu:1"}
+    use(off, "a")  # b is now the least recently used on cpu:0
+    add(off, "d", 4)
+    use(off, "d")  # cpu:0 frees 4 GB (b), cpu:1 would free 5 (c): cpu:0
+    assert where(off) == {"a": "cpu:0", "b": "cpu", "c": "cpu:1", "d": "cpu:0"}
+    snap = off.snapshot()
+    assert [d["used_bytes"] for d in snap["devices"]] == [8 * GB, 5 * GB]
+    assert [d["swaps"] for d in snap["devices"]] == [3, 1]
+
+
+def test_busy_devices_answer_models_busy_naming_both():
+    off = two(budgets=(6, 6))
+    add(off, "a", 5)
+    add(off, "b", 5)
+    add(off, "c", 4)
+    with off.acquire("a"), off.acquire("b"):
+        with pytest.raises(ModelsBusy) as info:
+            use(off, "c")
+    assert set(info.value.busy) == {"a", "b"}
+    assert "cpu:0" in str(info.value) and "cpu:1" in str(info.value)
+    use(off, "c")  # once released it fits, evicting the LRU idle one
+    assert off.state_of("c") == "gpu"
+
+
+# --------------------------------------------------------------------------- pin groups
+
+def vita_setup(group: str | None):
+    off = two()
+    add(off, "held", 4)
+    add(off, "idle", 5)
+    add(off, "asr", 2)
+    add(off, "vlm", 5)
+    ctx = off.acquire("held")
+    ctx.__enter__()  # cpu:0: 4 GB in use, not evictable
+    use(off, "idle")  # cpu:1: 5 GB, idle
+    if group is not None:
+        off.pin("asr", group=group)
+        off.pin("vlm", group=group)
+    return off, ctx
+
+
+def test_without_a_group_models_go_wherever_there_is_room():
+    off, ctx = vita_setup(group=None)
+    use(off, "asr", "vlm")  # asr: 4 GB left on cpu:0 vs 3 on cpu:1; vlm then fits on cpu:1 only by evicting
+    assert off.device_of("asr") == "cpu:0"
+    ctx.__exit__(None, None, None)
+
+
+def test_a_pinned_group_lands_together_on_the_device_that_holds_it_all():
+    off, ctx = vita_setup(group="sid-1")
+    use(off, "asr")  # the group needs 7 GB: cpu:0 can give 6, cpu:1 10 (after evicting idle)
+    assert off.device_of("asr") == "cpu:1"
+    use(off, "vlm")  # joins asr, evicting the idle model there; the model in use is untouched
+    assert where(off) == {"held": "cpu:0", "idle": "cpu", "asr": "cpu:1", "vlm": "cpu:1"}
+    ctx.__exit__(None, None, None)
+
+
+def test_a_group_member_follows_the_resident_ones_and_unpin_forgets_the_group():
+    off = two()
+    add(off, "asr", 2)
+    add(off, "vlm", 3)
+    add(off, "big", 5)
+    add(off, "filler", 4)
+    off.pin("asr", group="s")
+    off.pin("vlm", group="s")
+    use(off, "vlm", "big", "filler")
+    assert where(off) == {"asr": "unloaded", "vlm": "cpu:0", "big": "cpu:1", "filler": "cpu:0"}
+    use(off, "asr")  # cpu:1 has more room (5 GB vs 3), but the group lives on cpu:0
+    assert off.device_of("asr") == "cpu:0"
+    off.unpin("asr", group="s")
+    off.unpin("vlm", group="s")
+    off.evict("asr")
+    use(off, "asr")  # no group any more: the device with more room
+    assert off.device_of("asr") == "cpu:1"
+    assert all(m["pinned"] == 0 for m in off.snapshot()["models"])
+
+
+# --------------------------------------------------------------------------- idle offload
+
+def test_idle_offload_leaves_each_device_s_recent_models():
+    clock = FakeClock()
+    off = two(idle_offload_s=300, clock=clock)
+    for name, gb in (("a", 3), ("b", 3), ("c", 3), ("d", 3)):
+        add(off, name, gb)
+    use(off, "a", "b", "c", "d")
+    assert where(off) == {"a": "cpu:0", "b": "cpu:1", "c": "cpu:0", "d": "cpu:1"}
+    clock.t += 200
+    use(off, "c", "b")
+    clock.t += 150  # a and d idle for 350 s, b and c for 150 s
+    assert sorted(off.offload_idle()) == ["a", "d"]
+    snap = off.snapshot()
+    assert [d["models"] for d in snap["devices"]] == [["c"], ["b"]]
+
+
+# --------------------------------------------------------------------------- out of memory
+
+def test_oom_while_running_evicts_only_on_that_device():
+    off = two()
+    add(off, "run", 4)
+    add(off, "other", 4)
+    add(off, "same", 3)
+    use(off, "run", "other", "same")
+    assert where(off) == {"run": "cpu:0", "other": "cpu:1", "same": "cpu:0"}
+    calls = []
+
+    def fn(model):
+        calls.append(model.device)
+        if len(calls) == 1:
+            raise oom()
+        return "ok"
+
+    assert off.run("run", fn) == "ok"
+    assert where(off) == {"run": "cpu:0", "other": "cpu:1", "same": "cpu"}
+
+
+def test_oom_while_loading_retries_on_the_chosen_device_only():
+    off = two()
+    log: list = []
+    add(off, "a", 3, log)
+    add(off, "b", 3, log)
+    use(off, "a", "b")  # a: cpu:0, b: cpu:1
+    attempts = []
+
+    def flaky(device):
+        attempts.append(device)
+        if len(attempts) == 1:
+            raise oom()
+        return Torchish("c", device, log)
+
+    off.register("c", flaky, runtime="torch", estimate_bytes=2 * GB)
+    use(off, "c")  # tie on room after: cpu:0; its OOM evicts a, never b
+    assert off.device_of("c") == "cpu:0"
+    assert where(off) == {"a": "cpu", "b": "cpu:1", "c": "cpu:0"}
+
+    def always(model):
+        raise oom()
+
+    with pytest.raises(VramError) as info:
+        off.run("c", always)
+    assert "on cpu:0" in str(info.value)
+    assert off.device_of("b") == "cpu:1"
+
+
+# --------------------------------------------------------------------------- one device, as before
+
+def test_one_device_snapshot_lists_it_with_the_same_figures():
+    off = VramOffloader(device="cpu", budget_bytes=10 * GB, reserve_bytes=GB, gc_collect=False)
+    add(off, "a", 3)
+    use(off, "a")
+    snap = off.snapshot()
+    assert snap["device"] == "cpu" and len(snap["devices"]) == 1
+    d = snap["devices"][0]
+    assert (d["name"], d["budget_bytes"], d["used_bytes"], d["free_bytes"], d["swaps"]) == \
+        ("cpu", snap["budget_bytes"], snap["used_bytes"], snap["free_bytes"], snap["swaps"])
+    assert d["models"] == ["a"] and snap["models"][0]["device"] == "cpu"
+
+
+def test_device_list_errors():
+    with pytest.raises(ValueError, match="listed twice"):
+        VramOffloader(devices=[DeviceSpec("cpu:0", GB), DeviceSpec("cpu:0", GB)])
+    with pytest.raises(ValueError, match="cpu' or 'cuda"):
+        VramOffloader(devices=[DeviceSpec("tpu:0", GB)])
+
+
+# --------------------------------------------------------------------------- settings and HTTP
+
+def test_settings_pick_the_devices(make_settings, monkeypatch):
+    from backend.app import make_offloader
+    from services import device as device_policy
+
+    off = make_offloader(make_settings(vram_devices=2, vram_budget_gb=15, vram_reserve_gb=1))
+    assert off.device_names == ["cpu:0", "cpu:1"] and off.budget_bytes == 30 * GB
+    assert make_offloader(make_settings()).device_names == ["cpu"]
+
+    monkeypatch.setattr(device_policy, "cuda_device_count", lambda: 2)
+    assert device_policy.offloader_devices("cuda") == ["cuda:0", "cuda:1"]
+    assert device_policy.offloader_devices("cuda", [1]) == ["cuda:1"]
+    assert device_policy.offloader_devices("cuda:1", None) == ["cuda:1"]
+    with pytest.raises(ValueError, match="has 2 visible GPU"):
+        device_policy.offloader_devices("cuda", [0, 2])
+    monkeypatch.setattr(device_policy, "cuda_device_count", lambda: 1)
+    assert device_policy.offloader_devices("cuda") == ["cuda"]  # one T4: as before
+    assert make_settings(gpus="0,1").gpus == [0, 1] and make_settings(gpus="all").gpus is None
+    with pytest.raises(ValueError, match="GPU indices"):
+        make_settings(gpus="first")
+
+
+@pytest.fixture(scope="module")
+def whisper_models(smoke_models):
+    return smoke_models("whisper")
+
+
+def test_vram_monitor_and_diagnostics_show_each_device(live_server, make_settings, whisper_models, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    server = live_server(make_settings(models_dir=whisper_models, vram_devices=2, vram_budget_gb=4,
+                                       vram_reserve_gb=0.5, whisper_beam_size=1, job_wait_seconds=120))
+    vram = server.app.extensions["enfoads"].vram
+    add(vram, "filler", 2)
+    use(vram, "filler")  # cpu:0 holds 2 GB: the real whisper model goes to cpu:1
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, (0.1 * np.sin(np.arange(16000) / 5)).astype("float32"), 16000)
+    with open(wav, "rb") as fh:
+        r = requests.post(f"{server.url}/v1/audio/transcriptions", headers=H, timeout=120,
+                          files={"file": ("tone.wav", fh, "audio/wav")}, data={"model": "base"})
+    assert r.status_code == 200, r.text
+
+    body = requests.get(f"{server.url}/vram-monitor", headers=H, timeout=10).json()
+    assert body["status"] == "offline" and body["device"] == "cpu:0,cpu:1"
+    assert body["total_gb"] == pytest.approx(8.0)
+    names = [d["name"] for d in body["devices"]]
+    assert names == ["cpu:0", "cpu:1"]
+    dev0, dev1 = body["devices"]
+    assert dev0["models_loaded"] == ["filler"] and dev0["allocated_gb"] == pytest.approx(2.0)
+    assert dev1["models_loaded"] == ["whisper:whisper-base"] and dev1["total_gb"] == pytest.approx(4.0)
+    assert body["allocated_gb"] == pytest.approx(dev0["allocated_gb"] + dev1["allocated_gb"])
+    assert sorted(body["models_loaded"]) == ["filler", "whisper:whisper-base"]
+
+    diag = requests.get(f"{server.url}/diagnostics", headers=H, timeout=30).json()
+    assert [d["name"] for d in diag["vram_devices"]] == ["cpu:0", "cpu:1"]
+    assert diag["vram_devices"][1]["models_loaded"] == ["whisper:whisper-base"]
+
+
+def test_a_realtime_session_keeps_its_models_on_one_device():
+    """VITA's session manager pins the assistant's models as one group (the session id)."""
+    from types import SimpleNamespace
+
+    from services.vita.manager import VAD_NAME, SessionManager
+    from services.vita.session import VitaConfig
+
+    off = two(budgets=(8, 8))
+    for name, gb in (("held", 3), ("idle", 3), ("asr", 2), ("vlm", 3), ("tts", 1.5)):
+        add(off, name, gb)
+    manager = SessionManager(VitaConfig(), vram=off, transcriber=SimpleNamespace(vram_names=("asr",)),
+                             brain=SimpleNamespace(vram_names=("vlm",)),
+                             speaker=SimpleNamespace(vram_names=("tts",)))
+    try:
+        with off.acquire("held"):  # cpu:0: 3 GB in use; cpu:1: 3 GB idle (evictable)
+            use(off, "idle")
+            session = manager.open("sid-1", emit=lambda *a: None, disconnect=lambda sid: None)
+            assert session is not None
+            use(off, "asr", "vlm", "tts")  # alone, asr would take cpu:0 (first of two equal devices)
+            placed = where(off)
+        # the VAD (no GPU bytes: it runs on the CPU) was placed before the pins; the rest follow the group
+        assert placed[VAD_NAME] in ("cpu:0", "cpu:1")
+        assert {placed[n] for n in ("asr", "vlm", "tts")} == {"cpu:1"}
+        assert placed["held"] == "cpu:0" and placed["idle"] == "cpu"
+        manager.close("sid-1")
+        assert all(m["pinned"] == 0 for m in off.snapshot()["models"])
+    finally:
+        manager.stop()
+
+
+def test_face_models_open_their_cuda_session_on_the_offloader_s_gpu(tmp_path, monkeypatch):
+    """ONNX Runtime picks its GPU from the provider options: the loader's device decides them."""
+    from services.face import models
+    from services.face.models import CPU, CUDA, FaceConfig
+    from services.face.service import FaceService
+    from services.model_env import ModelEnv
+
+    env = ModelEnv(models_dir=tmp_path, profile="smoke", device="cuda", dtype="float16",
+                   vram=two(), data_dir=tmp_path)
+    service = FaceService(env, FaceConfig(models_dir=tmp_path, device="cuda"))
+    seen = []
+    monkeypatch.setattr(models, "load_swapper", lambda cfg: seen.append(models.requested_providers(cfg))
+                        or SimpleSwapper())
+    service._load_swapper("cuda:1")
+    service._load_swapper("cuda")
+    assert seen == [[(CUDA, {"device_id": 1}), CPU], [(CUDA, {"device_id": 0}), CPU]]
+
+
+class SimpleSwapper:
+    runtime = {"providers": []}
+
+
+def test_a_device_that_would_evict_a_pinned_model_is_avoided():
+    off = two(budgets=(8, 8))
+    add(off, "pinned", 5)
+    add(off, "plain", 6)
+    add(off, "new", 4)
+    use(off, "pinned", "plain")  # cpu:0: pinned (3 GB left); cpu:1: plain (2 GB left)
+    off.pin("pinned")
+    use(off, "new")  # cpu:0 would evict fewer bytes (5 GB, pinned) than cpu:1 (6 GB): the unpinned one goes
+    assert where(off) == {"pinned": "cpu:0", "plain": "cpu", "new": "cpu:1"}
