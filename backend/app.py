@@ -11,6 +11,7 @@ from services.model_env import ModelEnv
 from services.vram import DeviceSpec, VramOffloader
 
 from . import auth
+from .api import ApiRequest
 from .bodies import BodyGuard, UploadSlots
 from .context import Backend
 from .datadir import prepare_data_dir
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_log_filters()
 
     app = Flask("enfoads")
+    app.request_class = ApiRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
     origins = settings.cors_origins

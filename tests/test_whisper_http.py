@@ -184,5 +184,10 @@ def test_openapi_documents_the_routes(server):
     doc = requests.get(f"{server.url}/openapi.json", headers=H, timeout=10).json()
     for p in ("/transcribe", "/v1/audio/transcriptions", "/v1/audio/translations", "/subtitle-video"):
         assert "multipart/form-data" in doc["paths"][p]["post"]["requestBody"]["content"]
-    form = doc["components"]["schemas"]["OpenAITranscription"]["properties"]
-    assert {"model", "language", "prompt", "response_format", "temperature", "timestamp_granularities"} <= set(form)
+    multipart = doc["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    form = doc["components"]["schemas"][multipart["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert {"model", "language", "prompt", "response_format", "temperature", "timestamp_granularities",
+            "file"} <= set(form["properties"])
+    assert form["properties"]["file"]["format"] == "binary" and "file" in form["required"]
+    assert multipart["encoding"]["file"]["contentType"] == "audio/*, video/*"
+    assert "verbose_json" in form["properties"]["response_format"]["enum"]

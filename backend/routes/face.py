@@ -14,7 +14,7 @@ from services.face import INSWAPPER, PACK, FaceConfig, FaceService
 from services.face.video import check_video, swap_video
 from services.media import image_mime
 
-from ..api import doc, form_params, json_body, ok, seed_shape
+from ..api import Upload, body_params, doc, ok, raw_json, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import current_owner, run_job
@@ -31,6 +31,9 @@ ERRORS = {400: "bad parameter, unreadable image or face index out of range", 413
           "get them) or the CUDA provider failed to start"}
 
 
+ASSET = {"pattern": _ASSET.pattern}  # documents the `<job_id>/<file name>` form the route checks
+
+
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -38,7 +41,8 @@ class _Options(BaseModel):
 class DetectOptions(_Options):
     image: str | None = Field(None, description="JSON only: the image as base64 or a data: URL "
                                                 "(multipart: a file field named `image`)")
-    image_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
+    image_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`",
+                                    json_schema_extra=ASSET)
     embedding: bool = Field(False, description="add each face's 512-value normalised ArcFace embedding")
     landmarks: bool = Field(False, description="add the 106 2D and 68 3D landmarks and the head pose")
 
@@ -63,8 +67,10 @@ def _indices(value):
 class SwapOptions(_Options):
     source: str | None = Field(None, description="JSON only: the image with the face to use, base64 or data: URL")
     target: str | None = Field(None, description="JSON only: the image whose faces are replaced, base64")
-    source_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
-    target_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`")
+    source_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`",
+                                     json_schema_extra=ASSET)
+    target_asset: str | None = Field(None, description="an output of one of your jobs: `<job_id>/<file name>`",
+                                     json_schema_extra=ASSET)
     source_index: int = Field(0, ge=0, le=1000, description="which face of the source (left to right)")
     target_indices: list[int] | None = Field(None, description="faces of the target to replace (left to right, "
                                              "from 0); default: all. Multipart: `0,2` or repeated fields")
@@ -82,8 +88,8 @@ class SwapOptions(_Options):
 class VideoSwapOptions(_Options):
     source: str | None = Field(None, description="JSON only: the image with the face to use, base64")
     target: str | None = Field(None, description="JSON only: the target video, base64")
-    source_asset: str | None = None
-    target_asset: str | None = None
+    source_asset: str | None = Field(None, json_schema_extra=ASSET)
+    target_asset: str | None = Field(None, json_schema_extra=ASSET)
     source_index: int = Field(0, ge=0, le=1000)
     target_indices: list[int] | None = Field(None, description="faces to replace in each frame (left to right); "
                                              "default: all; an index a frame does not have is skipped there")
@@ -94,20 +100,18 @@ class VideoSwapOptions(_Options):
         return _indices(value)
 
 
+IMAGE = "image/png, image/jpeg, image/webp"
+VIDEO = "video/*"
+SWAP_FILES = {"source": Upload("the image with the face to use", IMAGE, instead="source_asset"),
+              "target": Upload("the image whose faces are replaced", IMAGE, instead="target_asset")}
+
+
 # --------------------------------------------------------------------------- request helpers
 
 def _service() -> FaceService:
     from flask import current_app
 
     return current_app.extensions[_SERVICE_KEY]
-
-
-def _is_json() -> bool:
-    return request.mimetype == "application/json"
-
-
-def _options(model: type[BaseModel]):
-    return json_body(model) if _is_json() else form_params(model)
 
 
 def _asset(field: str, value: str) -> Path:
@@ -126,8 +130,7 @@ def _asset(field: str, value: str) -> Path:
 
 def _input(field: str, opts: BaseModel) -> Path:
     """The file for `field`: a multipart upload, base64 in JSON, or one of the caller's job outputs."""
-    body = opts.model_dump() if _is_json() else None
-    path = save_upload(field, json_body=body, required=False)
+    path = save_upload(field, json_body=raw_json(), required=False)
     if path is not None:
         return path
     asset = getattr(opts, f"{field}_asset", None)
@@ -141,9 +144,10 @@ def _input(field: str, opts: BaseModel) -> Path:
 
 @bp.post("/faces/detect")
 @doc(summary="Detect faces: box, score, 5 landmarks, age, gender (embedding on request), left to right",
-     tags=TAGS, form=DetectOptions, responses=ERRORS)
+     tags=TAGS, body=DetectOptions, form=DetectOptions, files={"image": Upload("the picture", IMAGE, instead="image_asset")},
+     responses=ERRORS)
 def detect():
-    opts = _options(DetectOptions)
+    opts = body_params(DetectOptions)
     image = _input("image", opts)
     params = {"image": str(image), "embedding": opts.embedding, "landmarks": opts.landmarks}
     return run_job("face.detect", params, lambda job: ok({"job_id": job.id, **job.result}))
@@ -152,9 +156,9 @@ def detect():
 @bp.post("/face-swap")
 @seed_shape
 @doc(summary="Put the source image's face on the target image's faces (all, or those chosen by index)",
-     tags=TAGS, form=SwapOptions, responses=ERRORS, content_type="image/png")
+     tags=TAGS, body=SwapOptions, form=SwapOptions, files=SWAP_FILES, responses=ERRORS, content_type="image/png")
 def face_swap():
-    opts = _options(SwapOptions)
+    opts = body_params(SwapOptions)
     source = _input("source", opts)
     target = _input("target", opts)
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
@@ -182,9 +186,11 @@ def face_swap():
 @bp.post("/face-swap/video")
 @seed_shape
 @doc(summary="Swap faces in a video (a job: per-frame progress, cancel; audio and frame rate kept)",
-     tags=TAGS, form=VideoSwapOptions, responses=ERRORS)
+     tags=TAGS, body=VideoSwapOptions, form=VideoSwapOptions, responses=ERRORS,
+     files={"source": SWAP_FILES["source"],
+            "target": Upload("the video whose faces are replaced", VIDEO, instead="target_asset")})
 def face_swap_video():
-    opts = _options(VideoSwapOptions)
+    opts = body_params(VideoSwapOptions)
     source = _input("source", opts)
     target = _input("target", opts)
     check_video(target, _service().cfg)  # refuse before queueing what cannot be processed

@@ -28,6 +28,9 @@ ERRORS = {400: "a parameter is invalid (param names it)", 409: "the job was canc
 OPENAI_MODEL_ALIASES = {"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "sdxl-lightning"}
 SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
+# Checked by the service (its limits come from settings); documented here so clients and the fuzzer know.
+NOT_BLANK = {"pattern": r"\S"}  # not only whitespace
+SIDE = {"multipleOf": 8, "minimum": 8}
 OutputFormat = Literal["png", "jpeg", "webp"]
 Steps = Literal[1, 2, 4, 8]
 assert set(FORMATS) == {"png", "jpeg", "webp"} and STEPS == (1, 2, 4, 8)
@@ -36,11 +39,14 @@ assert set(FORMATS) == {"png", "jpeg", "webp"} and STEPS == (1, 2, 4, 8)
 class GenerateImageBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(..., max_length=4000, description="what to draw; CLIP reads the first 77 tokens")
+    prompt: str = Field(..., max_length=4000, description="what to draw; CLIP reads the first 77 tokens",
+                        json_schema_extra=NOT_BLANK)
     negative_prompt: str | None = Field(None, max_length=4000,
                                         description="accepted, but SDXL-Lightning runs at guidance 0 and ignores it")
-    width: int | None = Field(None, description="pixels, a multiple of 8; default and limit from settings (1024)")
-    height: int | None = Field(None, description="pixels, a multiple of 8; default and limit from settings (1024)")
+    width: int | None = Field(None, description="pixels, a multiple of 8; default and limit from settings (1024)",
+                              json_schema_extra=SIDE)
+    height: int | None = Field(None, description="pixels, a multiple of 8; default and limit from settings (1024)",
+                               json_schema_extra=SIDE)
     steps: Steps | None = Field(None, description="1, 2, 4 or 8 Lightning steps; default 4")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed + parameters = same image; "
                                                                    "random when left out (returned)")
@@ -55,11 +61,13 @@ class OpenAIImageBody(BaseModel):
     # accepted, so OpenAI clients work unchanged, and named in the response's warnings.
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field(..., max_length=4000)
+    prompt: str = Field(..., max_length=4000, json_schema_extra=NOT_BLANK)
     model: str | None = Field(None, description="sdxl-lightning[-1step|-2step|-4step|-8step]; OpenAI model names "
-                                                "(dall-e-3, gpt-image-1...) get the default")
+                                                "(dall-e-3, gpt-image-1...) get the default",
+                              json_schema_extra={"enum": [*sorted(OPENAI_MODEL_ALIASES), *map(model_id, STEPS), None]})
     n: int = Field(1, ge=1)
-    size: str | None = Field(None, description="WIDTHxHEIGHT, multiples of 8 (default 1024x1024); 'auto' = default")
+    size: str | None = Field(None, description="WIDTHxHEIGHT, multiples of 8 (default 1024x1024); 'auto' = default",
+                             json_schema_extra={"pattern": rf"^auto$|{SIZE_RE.pattern}"})
     response_format: Literal["url", "b64_json"] = "url"
     output_format: OutputFormat = "png"
     stream: Literal[False] | None = Field(None, description="streaming partial images is not supported")

@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.media import audio_mime, encode_audio
 from services.tts.kyutai_engine import KyutaiOptions
 from services.tts.pocket_engine import PocketOptions
-from services.tts.service import MAX_CHUNK, SpeechRequest, TtsService
+from services.tts.service import LANGUAGES, MAX_CHUNK, MODEL_IDS, OPENAI_MODELS, SpeechRequest, TtsService
+from services.tts.voices import DEFAULT_VOICE, OPENAI_VOICES, VOICE_ID
 
-from ..api import doc, form_params, json_body, ok, seed_shape
+from ..api import Upload, body_params, doc, json_body, ok, raw_json, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import raise_for_job, run_job, submit
@@ -34,13 +35,24 @@ SPEECH_KIND, STREAM_KIND = "tts.speech", "tts.stream"
 _END = object()
 
 
+# The service checks models, languages and voices (with its own messages); these put them in the document.
+MODEL = [*MODEL_IDS, *OPENAI_MODELS]  # OpenAI's names mean the server's default
+LANGUAGE = {"anyOf": [{"enum": [*LANGUAGES, None]},
+                      {"type": "string", "pattern": r"^[eE][sS][-_]([A-Za-z]{2}|[0-9]{3})$"}]}  # es-MX, es-419...
+# The store full-matches VOICE_ID; a JSON-schema pattern matches anywhere unless anchored.
+VOICE_PATTERN = f"^(?:{VOICE_ID.pattern.removeprefix('^').removesuffix('$')})$"
+VOICE = {"anyOf": [{"enum": [DEFAULT_VOICE, *OPENAI_VOICES]}, {"type": "string", "pattern": VOICE_PATTERN}],
+         "description": "a built-in voice, a predefined or cloned voice id (GET /v1/audio/voices)"}
+
+
 class SpeechParams(BaseModel):
     """Seed 004's parameters, shared by /tts and /v1/audio/speech."""
 
     model_config = ConfigDict(extra="forbid")
     language: str | None = Field(None, description="ISO 639-1 code, or a Spanish regional tag (es-MX, es-419, "
-                                                   "es-AR, ...); default: the server's (es)")
-    temperature: float = Field(0.8, ge=0, le=1.5)
+                                                   "es-AR, ...); default: the server's (es)", json_schema_extra=LANGUAGE)
+    # Sampling divides by the temperature: below 0.05 the probabilities overflow (NaN) and the model fails.
+    temperature: float = Field(0.8, ge=0.05, le=1.5)
     exaggeration: float = Field(0.5, ge=0.25, le=2.0, description="emotion intensity; 0.5 is Chatterbox's neutral")
     cfg_weight: float = Field(0.5, ge=0.2, le=1.0)
     speed_factor: float = Field(1.0, ge=0.25, le=4.0)
@@ -50,9 +62,9 @@ class SpeechParams(BaseModel):
 
 
 class TtsBody(SpeechParams):
-    text: str = Field(..., description="what to say")
+    text: str = Field(..., description="what to say", json_schema_extra={"pattern": r"\S"})
     model: str | None = Field(None, description="a TTS model id (GET /v1/audio/models); default: the best one "
-                                                "present for the language")
+                                                "present for the language", json_schema_extra={"enum": [*MODEL, None]})
     voice: str | None = Field(None, description="voice id (GET /v1/audio/voices); default: built-in voice")
     predefined_voice_id: str | None = Field(None, description="alias of voice (seed 004)")
     voice_mode: Literal["predefined", "clone"] | None = None
@@ -63,10 +75,9 @@ class TtsBody(SpeechParams):
 
 class OpenAISpeechBody(SpeechParams):
     model: str | None = Field(None, description="a TTS model id, or tts-1 / tts-1-hd / gpt-4o-mini-tts "
-                                                "(the server's default)")
-    input: str
-    voice: str = Field("alloy", description="a voice id; OpenAI's names are predefined voices of that name if "
-                                            "placed, else the model's built-in voice")
+                                                "(the server's default)", json_schema_extra={"enum": [*MODEL, None]})
+    input: str = Field(..., json_schema_extra={"pattern": r"\S"})
+    voice: str = Field("alloy", json_schema_extra=VOICE)
     instructions: str | None = Field(None, description="accepted and ignored (reported in X-TTS-Warning): "
                                                        "these models take no style instructions")
     response_format: Format = "mp3"
@@ -76,7 +87,14 @@ class OpenAISpeechBody(SpeechParams):
 
 class CloneForm(BaseModel):
     name: str = Field("", max_length=100)
-    id: str | None = Field(None, description="optional id (a-z, 0-9, '-', '_')")
+    # The pattern is documented here and checked by the voice store (one rule for every way in).
+    id: str | None = Field(None, description="optional id (a-z, 0-9, '-', '_')",
+                           json_schema_extra={"pattern": VOICE_PATTERN})
+
+
+class VoicePath(BaseModel):
+    """Documents the path parameter (the voice store checks it)."""
+    voice_id: str = Field(..., pattern=VOICE_PATTERN, description="a cloned voice's id")
 
 
 def service() -> TtsService:
@@ -303,19 +321,18 @@ def list_voices():
 @bp.post("/v1/audio/voices")
 @bp.post("/v1/voices")
 @doc(summary="Clone a voice from a 5-30 s reference clip (multipart 'file', optional 'name', 'id')",
-     tags=["tts"], form=CloneForm, responses={400: "clip not usable", 413: "too large"})
+     tags=["tts"], body=CloneForm, form=CloneForm, responses={400: "clip not usable", 413: "too large"},
+     files={"file": Upload("the reference clip (5-30 s of one voice)", "audio/*, video/*", required=True)})
 def create_voice():
-    form = form_params(CloneForm)
-    body = request.get_json(silent=True) if request.is_json else None
-    path = save_upload("file", json_body=body)  # deleted when the request ends
-    voice = service().voices.clone(path, name=form.name or (body or {}).get("name", ""),
-                                   voice_id=form.id or (body or {}).get("id"))
+    form = body_params(CloneForm)
+    path = save_upload("file", json_body=raw_json())  # deleted when the request ends
+    voice = service().voices.clone(path, name=form.name, voice_id=form.id)
     return ok(voice.public(), status=201)
 
 
 @bp.delete("/v1/audio/voices/<voice_id>")
 @bp.delete("/v1/voices/<voice_id>")
-@doc(summary="Delete a cloned voice", tags=["tts"], responses={404: "no such voice"})
+@doc(summary="Delete a cloned voice", tags=["tts"], path=VoicePath, responses={404: "no such voice"})
 def delete_voice(voice_id: str):
     service().voices.delete(voice_id)
     return ok({"id": voice_id, "deleted": True})

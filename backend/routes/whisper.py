@@ -11,11 +11,12 @@ from pydantic import AliasChoices, BaseModel, Field, field_validator
 from services import media
 from services.whisper import OPENAI_MODEL, SIZES, WhisperService, render
 from services.whisper import jobs as whisper_jobs
-from services.whisper.formats import MIME, check_format
+from services.whisper.formats import MIME, RESPONSE_FORMATS, check_format
+from services.whisper.languages import LANGUAGES
 from services.whisper.subtitles import DEFAULT_MAX_LINE_CHARS, DEFAULT_MAX_LINES
 from services.whisper.transcriber import options_dict
 
-from ..api import doc, form_params, json_body, ok, raw_json, seed_shape
+from ..api import Upload, body_params, doc, form_params, ok, raw_json, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
@@ -27,15 +28,22 @@ ERRORS = {400: "bad parameter, empty file or no audio", 413: "file too large or 
           415: "not audio or video", 503: "model not downloaded"}
 
 FORMAT_HELP = "json, text, srt, vtt or verbose_json"
+# The service checks these values (with its own messages); the enums put them in the OpenAPI document.
+MODELS = {"enum": [OPENAI_MODEL, *SIZES, *SIZES.values()]}
+LANGUAGE = {"enum": ["auto", *LANGUAGES, None]}
+FORMATS = {"enum": list(RESPONSE_FORMATS)}
+MEDIA = Upload("audio, or a video with sound", "audio/*, video/*", required=True)
+VIDEO = Upload("a video with sound", "video/*", required=True)
 
 
 class OpenAITranscription(BaseModel):
     """multipart/form-data, as OpenAI's API takes it (`file` is the upload)."""
     model: str = Field(OPENAI_MODEL, description=f"{OPENAI_MODEL} (the server's default), or one of: "
-                       f"{', '.join(SIZES)}")
-    language: str | None = Field(None, description="ISO-639-1 code or 'auto'; default: the server's (es)")
+                       f"{', '.join(SIZES)}", json_schema_extra=MODELS)
+    language: str | None = Field(None, description="ISO-639-1 code or 'auto'; default: the server's (es)",
+                                 json_schema_extra=LANGUAGE)
     prompt: str | None = Field(None, description="text that sets style and vocabulary (names, jargon)")
-    response_format: str = Field("json", description=FORMAT_HELP)
+    response_format: str = Field("json", description=FORMAT_HELP, json_schema_extra=FORMATS)
     temperature: float | None = Field(None, ge=0, le=1, description="0..1; omitted: automatic fallback")
     timestamp_granularities: list[Literal["segment", "word"]] = Field(
         ["segment"], description="with verbose_json; 'word' adds word timestamps")
@@ -47,17 +55,20 @@ class OpenAITranscription(BaseModel):
 
 
 class OpenAITranslation(BaseModel):
-    model: str = OPENAI_MODEL
+    model: str = Field(OPENAI_MODEL, json_schema_extra=MODELS)
     prompt: str | None = None
-    response_format: str = Field("json", description=FORMAT_HELP)
+    response_format: str = Field("json", description=FORMAT_HELP, json_schema_extra=FORMATS)
     temperature: float | None = Field(None, ge=0, le=1)
-    language: str | None = Field(None, description="the spoken language (a hint); default: the server's")
+    language: str | None = Field(None, description="the spoken language (a hint); default: the server's",
+                                 json_schema_extra=LANGUAGE)
 
 
 class TranscribeRequest(BaseModel):
     """Multipart (`file` upload) or JSON (`file` as base64 or a data: URL)."""
-    model: str = Field(OPENAI_MODEL, description=f"{OPENAI_MODEL} (default) or one of: {', '.join(SIZES)}")
-    language: str | None = Field(None, description="a language code or 'auto'; default: the server's (es)")
+    model: str = Field(OPENAI_MODEL, description=f"{OPENAI_MODEL} (default) or one of: {', '.join(SIZES)}",
+                       json_schema_extra=MODELS)
+    language: str | None = Field(None, description="a language code or 'auto'; default: the server's (es)",
+                                 json_schema_extra=LANGUAGE)
     task: Literal["transcribe", "translate"] = Field("transcribe", description="translate: into English")
     vad_filter: bool = Field(True, description="skip non-speech with Silero VAD (no text invented on silence)")
     word_timestamps: bool = False
@@ -65,7 +76,7 @@ class TranscribeRequest(BaseModel):
                                        description="text that sets style and vocabulary (or `prompt`)")
     temperature: float | None = Field(None, ge=0, le=1, description="omitted: automatic fallback 0..1")
     beam_size: int | None = Field(None, ge=1, le=10, description="default: the server's (5)")
-    response_format: str = Field("verbose_json", description=FORMAT_HELP)
+    response_format: str = Field("verbose_json", description=FORMAT_HELP, json_schema_extra=FORMATS)
     max_line_chars: int = Field(DEFAULT_MAX_LINE_CHARS, ge=10, le=120, description="subtitle line length")
     max_lines: int = Field(DEFAULT_MAX_LINES, ge=1, le=4, description="lines per subtitle cue")
 
@@ -84,15 +95,13 @@ def _service() -> WhisperService:
 
 def _parse(model: type[BaseModel]):
     """The request's parameters (JSON or form) and the raw JSON body (for a base64 `file`)."""
-    if request.mimetype == "application/json":
-        return json_body(model), raw_json()
-    return form_params(model), None
+    return body_params(model), raw_json()
 
 
-def _upload_media(raw_json: dict | None, *, video: bool = False) -> tuple[Path, str]:
+def _upload_media(body: dict | None, *, video: bool = False) -> tuple[Path, str]:
     """Save the `file` upload and refuse what cannot be transcribed before it queues; the lane its
     length calls for."""
-    path = save_upload("file", json_body=raw_json)
+    path = save_upload("file", json_body=body)
     info = media.probe(path)
     if video:
         _service().check_video(info)
@@ -123,7 +132,7 @@ def _openai(params: dict, fmt: str, lane: str):
 
 @bp.post("/v1/audio/transcriptions")
 @doc(summary="Transcribe audio or video (OpenAI-compatible)", tags=["whisper"], form=OpenAITranscription,
-     responses=ERRORS)
+     files={"file": MEDIA}, responses=ERRORS)
 def openai_transcriptions():
     q = form_params(OpenAITranscription)
     fmt = check_format(q.response_format)
@@ -141,7 +150,7 @@ def openai_transcriptions():
 
 @bp.post("/v1/audio/translations")
 @doc(summary="Translate speech into English text (OpenAI-compatible)", tags=["whisper"], form=OpenAITranslation,
-     responses=ERRORS)
+     files={"file": MEDIA}, responses=ERRORS)
 def openai_translations():
     q = form_params(OpenAITranslation)
     fmt = check_format(q.response_format)
@@ -164,7 +173,7 @@ def _options(q: TranscribeRequest):
 @bp.post("/transcribe")
 @seed_shape
 @doc(summary="Transcribe or translate audio/video; subtitles as SRT/VTT files too", tags=["whisper"],
-     form=TranscribeRequest, responses=ERRORS)
+     body=TranscribeRequest, form=TranscribeRequest, files={"file": MEDIA}, responses=ERRORS)
 def transcribe():
     q, raw = _parse(TranscribeRequest)
     fmt = check_format(q.response_format)
@@ -184,7 +193,8 @@ def transcribe():
 @bp.post("/subtitle-video")
 @seed_shape
 @doc(summary="Transcribe a video and burn its subtitles in (or add a soft track); mp4 out",
-     tags=["whisper"], form=SubtitleVideoRequest, responses=ERRORS)
+     tags=["whisper"], body=SubtitleVideoRequest, form=SubtitleVideoRequest, files={"file": VIDEO},
+     responses=ERRORS)
 def subtitle_video():
     q, raw = _parse(SubtitleVideoRequest)
     opts, key = _options(q)

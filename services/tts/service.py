@@ -20,14 +20,22 @@ from prefetch import manifest
 from ..errors import InvalidInput, Unprocessable
 from . import audio, text as text_mod
 from .chatterbox_engine import CHATTERBOX_MODELS, ChatterboxEngine
+from .kyutai_engine import LANGUAGES as KYUTAI_LANGUAGES
+from .kyutai_engine import MODEL_KEY as KYUTAI_MODEL
 from .kyutai_engine import KyutaiEngine, KyutaiOptions
-from .pocket_engine import LANGUAGES as POCKET_LANGUAGES, PocketEngine, PocketOptions
+from .pocket_engine import LANGUAGES as POCKET_LANGUAGES
+from .pocket_engine import MODEL_KEY as POCKET_MODEL
+from .pocket_engine import PocketEngine, PocketOptions
 from .voices import VoiceStore
 
 log = logging.getLogger("enfoads.tts")
 
 POCKET = "kyutai-pocket-tts"
 MAX_CHUNK = 500
+# What the default engines offer (a service built with other engines answers for its own).
+MODEL_IDS = (*(spec.model_id for spec in CHATTERBOX_MODELS), KYUTAI_MODEL, POCKET_MODEL)
+LANGUAGES = tuple(sorted({lang for spec in CHATTERBOX_MODELS for lang in spec.languages}
+                         | set(KYUTAI_LANGUAGES) | set(POCKET_LANGUAGES)))
 
 # Who speaks a language, best first: the first one on this machine speaks when a request names no
 # model (or an OpenAI alias), or names one that cannot speak the language. An engine that should
