@@ -12,11 +12,11 @@ SPEECH_ES = ("Hola, buenos días. Esta es una prueba de transcripción en españ
              "para los subtítulos del video.")
 
 
-def espeak(text: str, path: Path) -> Path:
+def espeak(text: str, path: Path, voice: str = "es") -> Path:
     exe = shutil.which("espeak-ng")
     if exe is None:
         pytest.fail("espeak-ng is needed for real speech: `scripts/install.sh --dev` (or apt-get install espeak-ng)")
-    subprocess.run([exe, "-v", "es", "-w", str(path), text], check=True, capture_output=True)
+    subprocess.run([exe, "-v", voice, "-w", str(path), text], check=True, capture_output=True)
     return path
 
 
