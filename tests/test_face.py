@@ -195,7 +195,9 @@ def test_missing_file_and_unknown_option_are_400(server):
 
 
 def test_uploads_are_deleted_after_the_job(server, face_settings):
-    swap(server, fm.png(faces=[LEFT]), fm.png(faces=[LEFT]))
+    r = swap(server, fm.png(faces=[LEFT]), fm.png(faces=[LEFT]))
+    assert r.status_code == 200, r.text  # a swap that ran to the end, not one refused before saving
+    assert r.headers["X-Faces-Swapped"] == "1" and fm.decode(r.content).shape[:2] == (256, 256)
     uploads = server.settings.data_dir / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
 
