@@ -242,15 +242,15 @@ def test_streamed_audio_equals_the_whole_response(server):
 
 
 def test_stream_works_when_the_worker_starts_the_job_before_the_request_looks(server, monkeypatch):
-    import time
-
     from backend.routes import tts as tts_routes
 
     real_submit = tts_routes.submit
+    jobs = server.app.extensions["enfoads"].jobs
 
     def slow_to_look(kind, params):
         job = real_submit(kind, params)
-        time.sleep(0.5)  # the worker may run the whole job before the route reads its queue
+        # the worst case, made certain: the worker runs the whole job before the route reads its queue
+        assert jobs.wait(job.id, 60).status == "succeeded"
         return job
 
     monkeypatch.setattr(tts_routes, "submit", slow_to_look)
