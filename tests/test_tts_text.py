@@ -39,3 +39,18 @@ def test_a_word_longer_than_the_chunk_is_cut_where_it_must():
 
 def test_empty_text_gives_no_chunks():
     assert chunk_text("   ", "es", 100) == []
+
+
+def test_the_texts_language_picks_the_sentence_rules():
+    # Spanish rules know "pág." does not end a sentence; English ones split there
+    assert sentences("Ver pág. 5 del libro. Bien.", "es") == ["Ver pág. 5 del libro.", "Bien."]
+    assert sentences("Ver pág. 5 del libro. Bien.", "en") == ["Ver pág.", "5 del libro.", "Bien."]
+    assert chunk_text("Ver pág. 5 del libro. Bien.", "es", 12) == ["Ver pág. 5", "del libro.", "Bien."]
+
+
+def test_a_sentence_exactly_the_chunk_size_is_not_cut():
+    assert chunk_text("Uno dos tres.", "es", 13) == ["Uno dos tres."]
+
+
+def test_a_one_letter_word_before_a_long_word_is_cut_after_it():
+    assert chunk_text("y abcdefghij.", "es", 5) == ["y", "abcde", "fghij", "."]
