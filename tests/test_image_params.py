@@ -68,14 +68,15 @@ def test_formats_and_empty_prompts():
     for fmt in ("png", "jpeg", "webp"):
         assert build_request(LIMITS, prompt="x", output_format=fmt, seed=0).output_format == fmt
     refused("output_format", "invalid_format", "one of png, jpeg, webp (got 'gif')", output_format="gif")
-    refused("prompt", "empty_prompt", "prompt must not be empty", prompt="   ")
+    assert refused("prompt", "empty_prompt", prompt="   ").message == "prompt must not be empty"
     refused("prompt", "empty_prompt", prompt=None)
 
 
 def test_negative_prompt_is_kept_with_a_warning():
     req = build_request(LIMITS, prompt="x", negative_prompt="  borroso ", seed=0)
     assert req.negative_prompt == "borroso"
-    assert len(req.warnings) == 1 and req.warnings[0].startswith("negative_prompt is ignored")
+    assert req.warnings == ("negative_prompt is ignored: SDXL-Lightning runs without classifier-free guidance "
+                            "(guidance_scale=0)",)
     assert build_request(LIMITS, prompt="x", negative_prompt="   ", seed=0).warnings == ()
 
 
@@ -91,3 +92,10 @@ def test_params_round_trip_through_the_job_store():
     assert params["warnings"] == list(req.warnings) and isinstance(params["warnings"], list)
     assert ImageRequest.from_params(params) == req
     assert ImageRequest.from_params({k: v for k, v in params.items() if k != "warnings"}).warnings == ()
+
+
+def test_size_check_names_width_and_height_by_default():
+    for (w, h), param in (((100, 64), "width"), ((64, 100), "height"), ((2048, 64), "width"), ((64, 2048), "height")):
+        with pytest.raises(InvalidInput) as err:
+            LIMITS.check_size(w, h)
+        assert err.value.param == param and err.value.message.startswith(param + " must be")
