@@ -76,3 +76,47 @@ def test_srt_and_vtt_carry_the_cues():
     assert "00:00:01,500 --> 00:01:02,250\nadiós" in srt
     vtt = to_vtt(cues)
     assert vtt.startswith("WEBVTT") and "00:00:01.500 --> 00:01:02.250" in vtt
+
+
+def test_ass_is_laid_out_in_the_videos_pixels():
+    import pysubs2
+
+    from services.whisper.subtitles import to_ass
+
+    cues = [Cue(0.0, 1.25, ("Hola", "mundo")), Cue(2.0, 3.0, ("adiós",))]
+    subs = pysubs2.SSAFile.from_string(to_ass(cues, width=1280, height=720))
+    assert (subs.info["PlayResX"], subs.info["PlayResY"]) == ("1280", "720")
+    assert subs.info["WrapStyle"] == "2" and subs.info["ScaledBorderAndShadow"] == "yes"
+    style = subs.styles["Default"]
+    assert style.fontsize == 40 and style.fontname == "DejaVu Sans"  # 720 / 18
+    assert style.alignment == pysubs2.Alignment.BOTTOM_CENTER
+    assert (style.marginv, style.marginl, style.marginr) == (36, 64, 64)
+    assert (style.outline, style.shadow) == (40 / 14, 40 / 28) and not style.bold
+    assert style.primarycolor == pysubs2.Color(255, 255, 255) and style.outlinecolor == pysubs2.Color(0, 0, 0)
+    assert style.backcolor == pysubs2.Color(0, 0, 0, 128)
+    assert [(e.start, e.end, e.text) for e in subs] == [(0, 1250, r"Hola\Nmundo"), (2000, 3000, "adiós")]
+
+
+def test_ass_size_position_and_small_videos():
+    import pysubs2
+
+    from services.whisper.subtitles import default_font_size, to_ass
+
+    cue = [Cue(0.0, 1.0, ("hola",))]
+    for position, alignment in (("top", 8), ("middle", 5), ("bottom", 2)):
+        style = pysubs2.SSAFile.from_string(to_ass(cue, width=320, height=240, position=position)).styles["Default"]
+        assert style.alignment == alignment
+    style = pysubs2.SSAFile.from_string(to_ass(cue, width=64, height=48, font_size=7)).styles["Default"]
+    assert style.fontsize == 7 and (style.outline, style.shadow) == (1.0, 0.5) and style.marginv == 4
+    assert style.marginl == 4 and style.marginr == 4
+    assert [default_font_size(h) for h in (100, 216, 1080)] == [12, 12, 60]
+
+
+def test_ass_text_cannot_open_override_blocks():
+    import pysubs2
+
+    from services.whisper.subtitles import to_ass
+
+    ass = to_ass([Cue(0.0, 1.0, (r"{\b1}hola\N", "a}b{c"))], width=320, height=240)
+    text = pysubs2.SSAFile.from_string(ass)[0].text
+    assert text == "(\u29f5b1)hola\u29f5N\\Na)b(c"
