@@ -103,3 +103,20 @@ def test_reset_forgets_speech_in_progress():
     seg.reset()
     assert not seg.in_speech
     assert seg.push(track((0.1, 40))) == []
+
+
+def test_a_long_monologue_is_cut_at_the_limit_and_goes_on():
+    seg = segmenter(max_utterance_s=1.5)
+    events = seg.push(track((0.1, 10), (0.9, 60)))
+    # speech starts 100 ms (padding) before the first loud window, at sample 3520; the cut comes at
+    # the first window end 1.5 s (24000 samples) later, 27648: 24128 samples
+    assert kinds(events) == ["start", "utterance", "start"]
+    assert events[1].audio.size == 24128 and events[1].seconds == 24128 / 16000
+    assert seg.in_speech  # the speech that goes on is a new utterance
+
+
+def test_padding_and_minimum_length_are_settings():
+    events = segmenter(pad_ms=300).push(track((0.1, 20), (0.9, 40), (0.1, 17)))
+    assert kinds(events) == ["start", "utterance"] and events[1].audio.size == 40 * WINDOW + 2 * 4800
+    events = segmenter(min_utterance_s=0.5).push(track((0.1, 10), (0.9, 10), (0.1, 17)))
+    assert kinds(events) == ["start", "utterance"] and events[1].seconds == (10 * WINDOW + 3200) / 16000
