@@ -15,7 +15,7 @@ MS_PER_WINDOW = WINDOW / 16  # 32 ms at 16 kHz
 
 class ProbabilityIsTheSignal:
     def __call__(self, x, sr):
-        assert sr == 16000 and x.shape[-1] == WINDOW
+        assert sr == 16000 and x.shape[-1] == WINDOW and x.dtype == torch.float32  # what Silero's ONNX takes
         return torch.tensor(float(x[0]))
 
     def reset_states(self):
@@ -120,3 +120,44 @@ def test_padding_and_minimum_length_are_settings():
     assert kinds(events) == ["start", "utterance"] and events[1].audio.size == 40 * WINDOW + 2 * 4800
     events = segmenter(min_utterance_s=0.5).push(track((0.1, 10), (0.9, 10), (0.1, 17)))
     assert kinds(events) == ["start", "utterance"] and events[1].seconds == (10 * WINDOW + 3200) / 16000
+
+
+def test_speech_from_the_first_sample_keeps_its_first_sample():
+    events = segmenter().push(track((0.9, 40), (0.1, 17)))
+    assert kinds(events) == ["start", "utterance"] and events[1].audio.size == 40 * WINDOW + 1600
+    assert events[1].audio[0] == np.float32(0.9)
+
+
+def test_back_to_back_utterances_each_keep_their_padding():
+    events = segmenter().push(track((0.1, 10), (0.9, 40), (0.1, 17), (0.9, 40), (0.1, 17)))
+    assert kinds(events) == ["start", "utterance", "start", "utterance"]
+    for e in (events[1], events[3]):
+        assert e.audio.size == 40 * WINDOW + 3200 and np.all(e.audio[:1600] == np.float32(0.1))
+
+
+def test_memory_before_speech_is_the_preroll_only():
+    seg = segmenter()
+    seg.push(track((0.1, 500)))
+    assert len(seg._windows) == 6  # 100 ms of padding in 512-sample windows, plus two
+    seg.push(track((0.9, 40), (0.1, 500)))
+    assert len(seg._windows) <= 6
+    seg.reset()
+    seg.push(track((0.1, 500)))
+    assert len(seg._windows) <= 6 and seg._pending.size == 0
+
+
+def test_default_monologue_limit_is_twenty_seconds():
+    events = segmenter().push(track((0.9, 700)))
+    assert kinds(events)[:2] == ["start", "utterance"] and events[1].audio.size == 20 * 16000
+
+
+def test_reset_forgets_a_part_window():
+    seg = segmenter()
+    seg.push(np.full(100, 0.1, np.float32))
+    seg.reset()
+    assert kinds(seg.push(track((0.9, 1)))) == ["start"]  # judged on its own samples only
+
+
+def test_float64_samples_reach_the_model_as_float32():
+    events = segmenter().push(track((0.1, 10), (0.9, 40), (0.1, 17)).astype(np.float64))
+    assert kinds(events) == ["start", "utterance"] and events[1].audio.dtype == np.float32
