@@ -50,6 +50,7 @@ def test_the_texts_language_picks_the_sentence_rules():
 
 def test_a_sentence_exactly_the_chunk_size_is_not_cut():
     assert chunk_text("Uno dos tres.", "es", 13) == ["Uno dos tres."]
+    assert chunk_text("Hola. Uno dos tres.", "es", 13) == ["Hola.", "Uno dos tres."]
 
 
 def test_a_one_letter_word_before_a_long_word_is_cut_after_it():
