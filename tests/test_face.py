@@ -194,8 +194,11 @@ def test_missing_file_and_unknown_option_are_400(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "face_idx"
 
 
-def test_uploads_are_deleted_after_the_job(server, face_settings):
-    swap(server, fm.png(faces=[LEFT]), fm.png(faces=[LEFT]))
+def test_uploads_are_deleted_after_the_job(live_server, face_settings):
+    server = live_server(face_settings(job_wait_seconds=120))  # the answer comes after the job, even on a busy box
+    r = swap(server, fm.png(faces=[LEFT]), fm.png(faces=[LEFT]))
+    assert r.status_code == 200, r.text  # a swap that ran to the end, not one refused before its files were saved
+    assert r.headers["X-Faces-Found"] == "1" and r.headers["X-Faces-Swapped"] == "0"  # face 0 was swapped
     uploads = server.settings.data_dir / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
 

@@ -208,8 +208,7 @@ def test_voice_id_with_path_characters_cannot_be_deleted_or_created(server):
 
 
 def test_openai_sdk_speaks_with_openai_model_and_voice_names(server):
-    import openai  # requirements/dev.txt
-
+    import openai  # a test dependency (requirements/dev.txt): missing, it must fail, not skip
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
     resp = client.audio.speech.create(model="tts-1", voice="nova", input="Hola")  # the SDK's own example, as is
     samples, rate = decode(resp.read(), "mp3")  # OpenAI's default format
@@ -301,15 +300,15 @@ def test_streamed_audio_equals_the_whole_response(server):
 
 
 def test_stream_works_when_the_worker_starts_the_job_before_the_request_looks(server, monkeypatch):
-    import time
-
     from backend.routes import tts as tts_routes
 
     real_submit = tts_routes.submit
+    jobs = server.app.extensions["enfoads"].jobs
 
     def slow_to_look(kind, params, **kw):
         job = real_submit(kind, params, **kw)
-        time.sleep(0.5)  # the worker may run the whole job before the route reads its queue
+        # the worst case, made certain: the worker runs the whole job before the route reads its queue
+        assert jobs.wait(job.id, 60).status == "succeeded"
         return job
 
     monkeypatch.setattr(tts_routes, "submit", slow_to_look)

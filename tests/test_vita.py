@@ -288,19 +288,47 @@ def test_events_before_auth_are_refused(vita, speech):
     assert manager.count() == 0 and transcriber.calls == []
 
 
-def test_ten_times_real_time_audio_is_throttled(vita, speech):
+class StoppedClock:
+    """The session's throttle clock, moved only by the test: how much audio gets through then depends
+    on what was sent and on the clock, not on how fast a busy machine delivers packets."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_audio_faster_than_real_time_is_throttled(vita):
+    from services.vita.throttle import AudioBudget
+
     server, manager, *_ = vita(vita_audio_rate_limit=1.5, vita_audio_burst_s=1.0)
     c = vita.client(server)
     session = manager.get(c.sid)
-    audio = np.tile(silence(1.0), 4)  # 4 s of audio in 0.4 s
-    c.send_audio(audio, speed=10.0)
-    total = len(list(packets(audio)))
-    c.wait(lambda: session.stats["packets"] + session.stats["dropped"] >= total, timeout=10)
+    clock = StoppedClock()
+    session.budget = AudioBudget(rate=1.5, burst=1.0, clock=clock)
+    packet_s = 128 / 16000
+
+    def accepted():
+        return (session.stats["packets"] - session.stats["dropped"]) * packet_s
+
+    def send(seconds):
+        """Send `seconds` of audio at once; the audio seconds that got through."""
+        before, total = accepted(), session.stats["packets"] + seconds * 125
+        c.send_audio(np.tile(silence(1.0), seconds), speed=float("inf"))
+        c.wait(lambda: session.stats["packets"] >= total, timeout=30)
+        return accepted() - before
+
+    # 4 s of audio in no time: only the 1 s burst gets through
+    assert 1.0 - packet_s <= send(4) <= 1.0
     errors = [e for e in c.of("error") if e["code"] == "audio_throttled"]
-    assert errors and "real time" in errors[0]["message"]
-    accepted = session.stats["packets"] - session.stats["dropped"]
-    # about burst + rate x elapsed seconds got through: well under half of it
-    assert accepted * 128 / 16000 < 2.5
+    assert errors and "1.5x real time" in errors[0]["message"]
+    # half a second later, 0.75 s more gets through (1.5x real time) ...
+    clock.now += 0.5
+    assert abs(send(4) - 0.75) <= packet_s  # give or take the part-packet left from before
+    # ... and after two seconds no more than the burst
+    clock.now += 2.0
+    assert 1.0 - packet_s <= send(4) <= 1.0
     # what is kept is bounded whatever was sent
     assert session.segmenter._pending.size < 512
 

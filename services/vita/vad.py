@@ -16,8 +16,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero VAD's window at 16 kHz (32 ms)
-START_THRESHOLD = 0.7
-END_THRESHOLD = 0.55  # VADIterator ends below threshold - 0.15
+START_THRESHOLD = 0.7  # VADIterator ends speech below this - 0.15 (0.55); it takes no end threshold
 END_SILENCE_MS = 500
 MIN_UTTERANCE_S = 1.0
 
