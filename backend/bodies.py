@@ -96,6 +96,20 @@ class GuardedInput(io.RawIOBase):
         raise BodyTooSlow(f"the request body arrived too slowly: a pause over {self._timeout_s:g} s, or under "
                           f"{self._min_rate / 1024:g} KB/s on average after the first {self._timeout_s:g} s")
 
+    def read(self, size: int | None = -1) -> bytes:
+        """All `size` bytes (or what is left of the body): WSGI apps, engineio's polling transport among
+        them, read a Content-Length body with one read(n). Each raw read stays under the deadline."""
+        if size is None or size < 0:
+            return self.readall()
+        chunks: list[bytes] = []
+        while size > 0:
+            chunk = super().read(size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
     def readinto(self, b) -> int:
         if self._eof:
             return 0

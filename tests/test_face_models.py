@@ -142,4 +142,8 @@ def test_openapi_documents_the_face_routes(start):
     spec = requests.get(f"{start().url}/openapi.json", headers=H, timeout=10).json()
     for path in ("/faces/detect", "/face-swap", "/face-swap/video"):
         assert "post" in spec["paths"][path]
-    assert "target_indices" in spec["components"]["schemas"]["SwapOptions"]["properties"]
+    schemas = spec["components"]["schemas"]
+    # multipart (files as binary parts) and JSON (files as base64) bodies, both documented
+    assert "target_indices" in schemas["SwapOptionsForm"]["properties"]
+    assert schemas["SwapOptionsForm"]["properties"]["source"]["format"] == "binary"
+    assert schemas["SwapOptionsJson"]["properties"]["source"]["format"] == "byte"

@@ -155,3 +155,22 @@ def test_a_raw_stream_without_duration_is_400_before_any_frame(server, tmp_path)
     err = r.json()["error"]
     assert err["code"] == "unknown_duration" and err["param"] == "target" and "container" in err["message"]
     assert get(server, "/jobs").json()["data"] == []  # refused before queueing
+
+
+def test_a_container_that_understates_its_length_stops_at_the_frame_cap(live_server, make_settings,
+                                                                        face_models_dir, tmp_path, monkeypatch):
+    """The checked duration is what the container says; the frames are counted too (max seconds x
+    fps), so a file whose header lies about its length cannot run past the limit."""
+    from dataclasses import replace
+
+    real_probe = media.probe
+    monkeypatch.setattr(media, "probe", lambda path: replace(real_probe(path), duration=0.5))
+    server = live_server(make_settings(models_dir=face_models_dir, face_det_size=256, face_video_max_seconds=1,
+                                       job_wait_seconds=120))
+    long_clip = fm.video(tmp_path / "long.mp4", frames=36, fps=12)  # 3 s: frame times stay under 1 s + 1 s of slack
+    r = post_video(server, long_clip.read_bytes())
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "video_too_long" and "1 s limit" in r.json()["error"]["message"]
+    job = get(server, "/jobs").json()["data"][0]
+    assert job["status"] == "failed" and 0 < job["progress"] < 0.5  # stopped after ~13 of 36 frames
+    assert not list((server.settings.outputs_dir / job["id"]).glob("*.mp4"))

@@ -69,7 +69,7 @@ def test_tts_speaks_spanish_in_each_format(server, fmt):
     assert samples.size > RATE // 4 and np.isfinite(samples).all()
 
 
-@pytest.mark.parametrize("text", ["J", "Sí", "\U00060318"])
+@pytest.mark.parametrize("text", ["J", "Sí", "I"])
 def test_very_short_text_is_spoken(server, text):
     # Chatterbox's alignment analyzer fails on texts of a few tokens (chatterbox#548): found by the fuzzer.
     for seed in range(3):

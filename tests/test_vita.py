@@ -283,7 +283,7 @@ def test_events_before_auth_are_refused(vita, speech):
         time.sleep(0.5)
     finally:
         eio.disconnect(abort=True)
-    assert any(m.startswith("4/vita") and "API key" in m for m in received)  # CONNECT_ERROR
+    assert any(m.startswith("4/vita") and "API key" in m for m in received), received  # CONNECT_ERROR
     assert not any(m.startswith("2/vita") for m in received)  # no event ever came back
     assert manager.count() == 0 and transcriber.calls == []
 

@@ -6,20 +6,24 @@ with the value the model should answer for it, so a test writes its probability 
 gets the same samples back in the utterance.
 """
 import numpy as np
-import torch
 
-from services.vita.vad import WINDOW, SpeechSegmenter
+from services.vita.vad import WINDOW, SileroStream, SpeechSegmenter
 
 MS_PER_WINDOW = WINDOW / 16  # 32 ms at 16 kHz
 
 
 class ProbabilityIsTheSignal:
-    def __call__(self, x, sr):
-        assert sr == 16000 and x.shape[-1] == WINDOW and x.dtype == torch.float32  # what Silero's ONNX takes
-        return torch.tensor(float(x[0]))
+    """Stands in for Silero's ONNX session (`SpeechSegmenter` runs it through `SileroStream`): the
+    probability it answers for a window is the window's first sample."""
 
-    def reset_states(self):
-        pass
+    def __init__(self):
+        self.session = self
+
+    def run(self, outputs, feeds):
+        window, context = feeds["input"], SileroStream.CONTEXT
+        # what Silero's ONNX takes: float32, 64 samples of context + one 512-sample window, 16 kHz
+        assert window.dtype == np.float32 and window.shape == (1, context + WINDOW) and int(feeds["sr"]) == 16000
+        return np.array([[window[0, context]]], np.float32), feeds["state"]
 
 
 def track(*parts: tuple[float, int]) -> np.ndarray:
