@@ -23,7 +23,6 @@ MAX_LOG_LINES = 20
 
 
 def _tiny_model() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])

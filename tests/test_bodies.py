@@ -4,7 +4,6 @@ import json
 import socket
 import time
 
-import pytest
 import requests
 
 from tests.conftest import API_KEY

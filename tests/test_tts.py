@@ -1,14 +1,13 @@
 """Speech (TTS) through HTTP and Socket.IO on tiny random-weight Chatterbox checkpoints."""
-import io
 import json
 import threading
-import wave
 
 import numpy as np
 import pytest
 import requests
 
 from tests.conftest import API_KEY
+from tests.tts_media import decode, speech_wav
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 RATE = 24000
@@ -36,26 +35,6 @@ def server(models_dir, tmp_path_factory):
 
 def post(server, path, body, **kw):
     return requests.post(f"{server.url}{path}", json=body, headers=H, timeout=120, **kw)
-
-
-def decode(data: bytes, suffix: str):
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate
-        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
-    return samples, rate
-
-
-def speech_wav(seconds=6.0, rate=22050, amplitude=0.3):
-    t = np.arange(int(seconds * rate)) / rate
-    wav = amplitude * np.sin(2 * np.pi * 200 * t) * (1 + 0.3 * np.sin(2 * np.pi * 4 * t))
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
-        w.writeframes((wav * 32767).astype("<i2").tobytes())
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "opus", "flac"])

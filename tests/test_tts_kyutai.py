@@ -1,5 +1,4 @@
 """Kyutai DSM TTS (moshi) through HTTP on a tiny random-weight checkpoint; Spanish routed to Pocket TTS."""
-import io
 import time
 
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 import requests
 
 from tests.conftest import API_KEY
+from tests.tts_media import decode
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 KYUTAI = "kyutai-tts-1.6b-en_fr"
@@ -33,15 +33,6 @@ def server(smoke_models, tmp_path_factory):
 
 def post(server, body, path="/tts"):
     return requests.post(f"{server.url}{path}", json=body, headers=H, timeout=180)
-
-
-def decode(data: bytes):
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        rate = container.streams.audio[0].codec_context.sample_rate
-        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
-    return samples, rate
 
 
 @pytest.mark.parametrize("language,text", [("en", "Hello there, how are you?"),

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import API_KEY
+from tests.tts_media import decode, speech_wav
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 POCKET = "kyutai-pocket-tts"
@@ -40,25 +41,6 @@ def server(smoke_models, tmp_path_factory):
 
 def post(server, body, path="/tts", headers=H):
     return requests.post(f"{server.url}{path}", json=body, headers=headers, timeout=180)
-
-
-def decode(data: bytes):
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        rate = container.streams.audio[0].codec_context.sample_rate
-        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
-    return samples, rate
-
-
-def speech_wav(seconds=6.0, rate=22050):
-    t = np.arange(int(seconds * rate)) / rate
-    wav = 0.3 * np.sin(2 * np.pi * 200 * t) * (1 + 0.3 * np.sin(2 * np.pi * 4 * t))
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
-        w.writeframes((wav * 32767).astype("<i2").tobytes())
-    return buf.getvalue()
 
 
 # --- the engine through the speech API ---------------------------------------------------------

@@ -6,7 +6,6 @@ import os
 import shutil
 import threading
 
-import numpy as np
 import pytest
 import requests
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from werkzeug.utils import safe_join
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from flask import Blueprint, Response, current_app, request, send_file, url_for
+from flask import Blueprint, Response, current_app, send_file, url_for
 from pydantic import AliasChoices, BaseModel, Field, field_validator
 
 from services import media

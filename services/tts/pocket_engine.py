@@ -30,7 +30,7 @@ import numpy as np
 from prefetch import locate
 
 from ..errors import InvalidInput, ModelUnavailable, NotFound
-from .voices import DEFAULT_VOICE, OPENAI_VOICES, check_id
+from .voices import DEFAULT_VOICE, check_id
 
 log = logging.getLogger("enfoads.tts.pocket")
 

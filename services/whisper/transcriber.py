@@ -200,7 +200,7 @@ class WhisperService:
             raise InvalidInput(f"the model {key} does not know the language {opts.language!r}", param="language",
                                code="invalid_language")
         t0 = time.perf_counter()
-        language, language_probability = opts.language, None
+        language = opts.language
         raw: list[dict] = []
         speech = 0.0
         offset = 0  # samples before the current piece
