@@ -78,7 +78,7 @@ if not CI_MODE:
         print(line, end="")
         tail.append(line)
     if install.wait() != 0:
-        raise SystemExit(f"The install failed (exit {install.returncode}). Its last lines:\n" + "".join(tail))
+        raise SystemExit(f"The install failed (exit {install.returncode}). Its last lines:\\n" + "".join(tail))
 else:
     REPO = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "backend" / "app.py").is_file())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # CI has no hub: a forgotten download fails fast

@@ -139,3 +139,14 @@ def test_the_committed_notebook_is_what_the_generator_writes():
     sources = [c.source for c in committed.cells if c.cell_type == "code"]
     assert [s.splitlines()[0].split("·")[0] for s in sources][:4] == [
         "# @title 1. Setup ", "# @title 2. Models ", "# @title 3. Server ", "# @title 4. Diagnostics "]
+
+
+def test_every_cell_is_valid_python():
+    """The Colab/Kaggle-only branches of a cell never run in CI mode: a syntax error there would
+    first show in a user's runtime."""
+    import ast
+
+    nb = json.loads((REPO / "notebooks" / "enfoads_colab.ipynb").read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            ast.parse("".join(cell["source"]), filename=cell.get("id", "cell"))
