@@ -318,6 +318,61 @@ _SPECS: list[ModelSpec] = [
         "folder. Location from settings: ENFOADS_FACE_INSWAPPER_PATH, else <models_dir>/inswapper_128/, else the "
         "hub cache of ENFOADS_FACE_INSWAPPER_REPO/_FILENAME/_REVISION; sha256 checked (ENFOADS_FACE_INSWAPPER_SHA256)",
     ),
+    # ---- creator finishing tools: Real-ESRGAN upscaling (image) and GFPGAN face restoration (face),
+    # loaded by spandrel from the published .pth files (no basicsr). Each is one file from its
+    # authors' GitHub release; sizes and sha256 are the release files', listed identically by many
+    # independent public projects. The files hold the weights under `params_ema` (spandrel unwraps
+    # `params_ema` / `params`, as the authors' own loaders do).
+    ModelSpec(
+        key="realesrgan-x4plus",
+        family="image",
+        repo_id="",
+        revision="",
+        url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+        sha256="4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+        files=("RealESRGAN_x4plus.pth",),
+        size_bytes=67_040_989,
+        # 16.7M-parameter RRDBNet (23 blocks, 64 features) + one tile's activations (the tile
+        # size follows the free memory, so this is what a 512-px tile takes)
+        vram_bytes={"fp16": 1_200 * MB, "fp32": 2_400 * MB},
+        license="bsd-3-clause",
+        runtime="torch",
+        note="x4 general photo upscaler (RRDBNet, new-arch keys: conv_first, body.N.rdbM, conv_up1/2, conv_hr, "
+        "conv_last); run in tiles with overlap",
+    ),
+    ModelSpec(
+        key="realesrgan-x2plus",
+        family="image",
+        repo_id="",
+        revision="",
+        url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth",
+        sha256="49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb",
+        files=("RealESRGAN_x2plus.pth",),
+        size_bytes=67_061_725,
+        vram_bytes={"fp16": 1_000 * MB, "fp32": 2_000 * MB},
+        license="bsd-3-clause",
+        runtime="torch",
+        note="x2 upscaler: the x4 RRDBNet behind a 2x pixel-unshuffle (12 input channels); sizes must be "
+        "multiples of 2 (padded and cropped)",
+    ),
+    ModelSpec(
+        key="gfpgan-v1.4",
+        family="face",
+        repo_id="",
+        revision="",
+        url="https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
+        sha256="e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+        files=("GFPGANv1.4.pth",),
+        size_bytes=348_632_874,
+        # 87M parameters in fp32 (spandrel: no fp16 for GFPGAN) + a 512x512 face's activations
+        vram_bytes={"fp32": 800 * MB},
+        license="apache-2.0",
+        runtime="torch",
+        also_used_by=("image",),
+        note="blind face restoration on a 512x512 aligned face (GFPGANv1Clean, no custom CUDA ops). TencentARC/"
+        "GFPGAN is Apache-2.0; its LICENSE lists third-party code under other terms (StyleGAN2's CUDA ops: NVIDIA "
+        "non-commercial; DFDNet: CC BY-NC-SA) that the clean architecture run here does not use",
+    ),
     # ---- tts: Chatterbox (Resemble AI) and Kyutai DSM TTS (moshi)
     ModelSpec(
         key="chatterbox-multilingual",
