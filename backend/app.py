@@ -22,6 +22,7 @@ from .proxies import TrustedProxyFix
 from .routes import face as face_routes
 from .routes import image as image_routes
 from .routes import jobs as job_routes
+from .routes import restore as restore_routes
 from .routes import system as system_routes
 from .routes import tts as tts_routes
 from .routes import vita as vita_routes
@@ -38,6 +39,7 @@ log = logging.getLogger("enfoads")
 FAMILIES: tuple = (
     image_routes,
     face_routes,
+    restore_routes,  # after face: it detects faces with the face service's pack
     whisper_routes,
     tts_routes,
     vita_routes,  # last: it uses the whisper and TTS services installed before it

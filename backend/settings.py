@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     face_inswapper_sha256: str | None = Field(
         None, description="expected sha256 of inswapper; default: the published hash (none for smoke "
                           "models); an empty string turns the check off")
+    # --- restore (upscaling, face restoration) ---
+    restore_tile: int = Field(0, ge=0, le=4096, description="input pixels per tile side when upscaling; 0: from the "
+                                                            "device's free memory (256 on the CPU)")
+    restore_tile_overlap: int = Field(32, ge=0, le=256, description="extra input pixels around each tile (hides the "
+                                                                    "joins)")
+    restore_max_output_pixels: int = Field(50_000_000, ge=1, description="largest upscaled image (width x height); "
+                                                                         "413 beyond")
     # --- whisper ---
     whisper_model: Literal["auto", "large-v3-turbo", "small", "base"] = Field(
         "auto", description="default transcription model; auto: large-v3-turbo, base in the smoke profile")

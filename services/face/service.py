@@ -106,6 +106,8 @@ class FaceService:
         self.cfg = cfg
         # Filled in place when a model loads (the web layer shows these dicts in /diagnostics).
         self.runtime: dict[str, dict] = {PACK: {"loaded": False}, INSWAPPER: {"loaded": False}}
+        # services.restore.RestoreService, set when the restore family is installed: `restore` on swaps
+        self.restorer = None
 
     # --- models -------------------------------------------------------------------------
     def register(self) -> None:
@@ -179,8 +181,15 @@ class FaceService:
             img = swapper.model.get(img, faces[i], source, paste_back=True)
         return img
 
+    def restore_swapped(self, img: np.ndarray, faces: list, chosen: list[int], fidelity: float | None) -> np.ndarray:
+        """The swapped faces restored (GFPGAN, at the target faces' landmarks); `fidelity` None: no restoring."""
+        if fidelity is None or self.restorer is None or not chosen:
+            return img
+        return self.restorer.restore_landmarks(img, [faces[i].kps for i in chosen], fidelity=fidelity)
+
     def swap_image(self, source: Path, target: Path, out: Path, *, source_index: int = 0,
-                   target_indices: list[int] | None = None, fmt: str = "png", quality: int = 92) -> dict:
+                   target_indices: list[int] | None = None, fmt: str = "png", quality: int = 92,
+                   restore: float | None = None) -> dict:
         src = self.read(source, "source")
         tgt = self.read(target, "target")
 
@@ -192,10 +201,11 @@ class FaceService:
             raise Unprocessable("no face found in target image", param="target", code="no_face")
         chosen = pick_faces(faces, target_indices, what="target image", param="target_indices")
         result = self.env.vram.run(INSWAPPER, lambda sw: self.swap_faces(sw, tgt, faces, chosen, src_face))
+        result = self.restore_swapped(result, faces, chosen, restore)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(encode_bgr(result, fmt, quality))
         return {
             "file": out.name, "format": fmt, "width": result.shape[1], "height": result.shape[0],
-            "faces_found": len(faces), "faces_swapped": chosen,
+            "faces_found": len(faces), "faces_swapped": chosen, "faces_restored": chosen if restore is not None else [],
             "providers": self.providers(PACK, INSWAPPER), "warnings": self.warnings(PACK, INSWAPPER),
         }

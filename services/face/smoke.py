@@ -180,4 +180,7 @@ def build_pack(models_dir: Path) -> None:
 
 @smoke_builder("face")
 def build(models_dir: Path) -> None:
+    from services.restore.smoke import build_face_restorer
+
     build_pack(models_dir)
+    build_face_restorer(models_dir)  # GFPGAN v1.4 (manifest family: face)

@@ -48,7 +48,9 @@ def _add_audio(out, in_audio):
 
 
 def swap_video(service: FaceService, source: Path, target: Path, out_path: Path, *, source_index: int = 0,
-               target_indices: list[int] | None = None, progress: Progress | None = None) -> dict:
+               target_indices: list[int] | None = None, progress: Progress | None = None,
+               restore: float | None = None) -> dict:
+    """`restore`: the GFPGAN fidelity for the swapped faces, None for none."""
     info = check_video(target, service.cfg)
     src = service.read(source, "source")
     vram = service.env.vram
@@ -57,7 +59,7 @@ def swap_video(service: FaceService, source: Path, target: Path, out_path: Path,
     with vram.acquire(PACK) as pack:
         src_face = service.source_face(pack, src, source_index)
     try:
-        stats = _transcode(vram, service, src_face, target, out_path, info, target_indices, report)
+        stats = _transcode(vram, service, src_face, target, out_path, info, target_indices, report, restore)
     except BaseException:
         out_path.unlink(missing_ok=True)
         raise
@@ -68,7 +70,7 @@ def swap_video(service: FaceService, source: Path, target: Path, out_path: Path,
             "providers": service.providers(PACK, INSWAPPER), "warnings": service.warnings(PACK, INSWAPPER)}
 
 
-def _transcode(vram, service, src_face, target, out_path, info, target_indices, report) -> dict:
+def _transcode(vram, service, src_face, target, out_path, info, target_indices, report, restore) -> dict:
     import av
 
     cfg = service.cfg
@@ -114,6 +116,7 @@ def _transcode(vram, service, src_face, target, out_path, info, target_indices, 
                             with_faces += 1
                             swaps += len(chosen)
                             img = service.swap_faces(swapper, img, faces, chosen, src_face)
+                            img = service.restore_swapped(img, faces, chosen, restore)
                     new = av.VideoFrame.from_ndarray(img, format="bgr24")
                     pts = frame.pts if frame.pts is not None else (0 if last_pts is None else last_pts + 1)
                     if last_pts is not None and pts <= last_pts:
@@ -146,4 +149,5 @@ def _transcode(vram, service, src_face, target, out_path, info, target_indices, 
     report(1.0, f"{frames} frames")
     return {"frames": frames, "fps": round(float(rate), 3), "width": width, "height": height,
             "duration": round(info.duration, 3), "frames_with_faces": with_faces, "faces_swapped": swaps,
+            "faces_restored": swaps if restore is not None else 0,
             "audio": None if ain is None else ("copied" if copy_audio else "aac")}

@@ -184,4 +184,7 @@ def write_models(models_dir: Path, shapes: Shapes = TINY, steps: tuple[int, ...]
 
 @smoke_builder("image")
 def build(models_dir: Path) -> None:
+    from services.restore.smoke import build_upscalers
+
     write_models(models_dir)
+    build_upscalers(models_dir)  # Real-ESRGAN x2/x4 (manifest family: image)
