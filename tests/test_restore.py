@@ -311,3 +311,46 @@ def test_openapi_documents_the_routes(server):
     assert props["scale"]["enum"] == [2, 4] and props["scale"]["default"] == 4
     assert {"face_enhance", "response_format", "output_format", "image", "fidelity"} <= set(props)
     assert "/restore-faces" in doc["paths"]
+
+
+# --------------------------------------------------------------------------- restore on face swaps
+
+def swap(server, **data):
+    files = {"source": ("s.png", fm.png(faces=[LEFT])), "target": ("t.png", fm.png(faces=[LEFT, RIGHT]))}
+    return post(server, "/face-swap", files=files, data=data)
+
+
+def test_face_swap_restores_the_swapped_faces_on_request(server):
+    plain, restored = swap(server, restore="false"), swap(server, restore="true", restore_fidelity="0")
+    assert plain.status_code == restored.status_code == 200, restored.text
+    assert plain.headers["X-Faces-Restored"] == "" and restored.headers["X-Faces-Restored"] == "0,1"
+    a, b = fm.decode(plain.content), fm.decode(restored.content)
+    for half, face in (((slice(None), slice(0, 128)), LEFT), ((slice(None), slice(128, None)), (RIGHT[0] - 128, 80))):
+        box = changed_box(a[half], b[half])
+        assert box is not None and within(box, face)
+
+
+def test_face_swap_restore_is_off_by_default_on_the_cpu(server):
+    r = swap(server, target_indices="1", response_format="b64_json")
+    assert r.status_code == 200, r.text
+    assert r.json()["faces_swapped"] == [1] and r.json()["faces_restored"] == []
+
+
+def test_face_swap_restore_without_gfpgan_is_503(live_server, make_settings, tmp_path):
+    from services.face.smoke import build_pack
+
+    build_pack(tmp_path / "models")  # the face pack and inswapper, no GFPGAN
+    server = live_server(make_settings(models_dir=tmp_path / "models", face_det_size=256))
+    assert swap(server).status_code == 200  # the default just does not restore
+    r = swap(server, restore="true")
+    assert r.status_code == 503 and "gfpgan-v1.4" in error(r)["message"]
+
+
+def test_face_swap_video_restores_every_swapped_face(server, tmp_path):
+    target = fm.video(tmp_path / "t.mp4", frames=4, audio=False)
+    r = post(server, "/face-swap/video", files={"source": ("s.png", fm.png(faces=[LEFT])),
+                                                "target": ("t.mp4", target.read_bytes(), "video/mp4")},
+             data={"restore": "true"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["frames"] == 4 and body["faces_swapped"] == 4 and body["faces_restored"] == 4
