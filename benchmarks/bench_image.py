@@ -3,6 +3,10 @@
 Run by hand from the repo root:
     .venv/bin/python -m benchmarks.bench_image [--n 20] [--size 64]     tiny random SDXL (goal: ratio <= 1.10)
     .venv/bin/python -m benchmarks.bench_image --sdxl [--n 5]           GPU only: SDXL's real sizes, 1024x1024
+    .venv/bin/python -m benchmarks.bench_image --upscale [--n 10] [--size 96] [--models-dir DIR]
+        /upscale x4 through HTTP + job + offloader vs a direct spandrel call on the same model (goal <= 1.10);
+        tiny Real-ESRGAN unless --models-dir holds realesrgan-x4plus/RealESRGAN_x4plus.pth; on a GPU also a
+        1024x1024 x4 upscale at Real-ESRGAN's real size (the real file, else random weights of its shapes)
 
 --sdxl loads the real models when prefetched (`python -m prefetch image`, colab/local profile), else
 writes random weights with SDXL base 1.0's real shapes (same compute and memory), and reports load
@@ -143,14 +147,134 @@ def sdxl_on_gpu(n: int) -> None:
         tmp.cleanup()
 
 
+def upscale_http_vs_direct(models: Path, n: int, size: int, profile: str) -> None:
+    """/upscale x4 through HTTP vs the plain spandrel call `descriptor(tensor)` on the very same model object
+    (one tile: the image fits the automatic tile, so both sides do the same arithmetic)."""
+    import numpy as np
+
+    from tests import face_media as fm
+
+    img = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
+    png = fm.encode(img)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(profile=profile, data_dir=Path(tmp), models_dir=models, api_key="bench", port=0,
+                                 job_wait_seconds=600)
+        server = Server(settings).start()
+        backend = server.app.extensions["enfoads"]
+        session = requests.Session()
+        headers = {"Authorization": "Bearer bench"}
+
+        def direct_job(params, ctx):
+            # timed in the job worker thread, as the service's own call runs (torch's CPU pool is per thread)
+            import torch
+
+            from services.face.service import encode_bgr
+
+            with backend.vram.acquire("realesrgan-x4plus") as loaded:
+                desc = loaded.model
+                t = time.perf_counter()
+                x = torch.from_numpy(img).permute(2, 0, 1)[None].to(desc.device, desc.dtype) / 255
+                y = desc(x)
+                out = (y[0].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+                encode_bgr(out, "png")  # the service writes a PNG too
+                _sync()
+                return {"seconds": time.perf_counter() - t}
+
+        backend.jobs.register("bench.upscale_direct", direct_job)
+
+        def via_http() -> float:
+            t = time.perf_counter()
+            session.post(f"{server.url}/upscale", files={"image": ("a.png", png)}, data={"scale": "4"},
+                         headers=headers, timeout=600).raise_for_status()
+            return time.perf_counter() - t
+
+        def via_spandrel() -> float:
+            job = backend.jobs.submit("bench.upscale_direct", {}, owner="bench")
+            return backend.jobs.wait(job.id, 600).result["seconds"]
+
+        try:
+            via_http()  # warm-up: loads the model
+            via_spandrel()
+            http, direct = [], []
+            for _ in range(n):  # interleaved, so drift hits both sides alike
+                direct.append(via_spandrel())
+                http.append(via_http())
+            device, dtype = settings.resolved_device, settings.dtype_name
+        finally:
+            server.stop()
+    d, h = statistics.median(direct), statistics.median(http)
+    print(f"upscale x4 of {size}x{size} -> {4 * size}x{4 * size}, {device}, {dtype}, n={n}, models {models}")
+    print(f"direct spandrel call + PNG   median {d * 1000:8.1f} ms")
+    print(f"HTTP /upscale (job, tiles)   median {h * 1000:8.1f} ms  (p90 {statistics.quantiles(http, n=10)[-1] * 1000:.1f} ms)")
+    print(f"ratio {h / d:.3f}  (goal <= 1.10); ratio of the fastest runs {min(http) / min(direct):.3f}")
+
+
+def upscale_on_gpu(models: Path | None, n: int) -> None:
+    """1024x1024 x4 with Real-ESRGAN's real size on the GPU, tiled as the service does."""
+    import numpy as np
+    import torch
+
+    from services.restore import models as restore_models
+    from services.restore import tiles
+
+    if not torch.cuda.is_available():
+        print("1024x1024 x4 on a GPU: not measured here (no CUDA GPU)")
+        return
+    dtype_n = dtype_name("cuda")
+    path = None if models is None else models / "realesrgan-x4plus" / "RealESRGAN_x4plus.pth"
+    with tempfile.TemporaryDirectory() as tmp:
+        if path is None or not path.is_file():
+            from spandrel.architectures.ESRGAN import ESRGAN
+
+            from services.restore.smoke import _save, new_arch_names
+
+            path = Path(tmp) / "RealESRGAN_x4plus.pth"
+            _save(path, new_arch_names(ESRGAN(num_filters=64, num_blocks=23, scale=4).state_dict()))
+            source = "random weights, RealESRGAN_x4plus shapes"
+        else:
+            source = str(path)
+        loaded = restore_models.load(path, "realesrgan-x4plus", device="cuda", dtype=dtype_n)
+    img = (np.random.default_rng(0).random((1024, 1024, 3)) * 255).astype(np.uint8)
+    free, _ = torch.cuda.mem_get_info()
+    tile = tiles.auto_tile(free, 4, 2 if dtype_n != "float32" else 4)
+    desc = loaded.model
+
+    def once() -> float:
+        _sync()
+        t = time.perf_counter()
+        tiles.upscale(desc, img, scale=4, tile=tile, overlap=32, multiple=4, device=desc.device, dtype=desc.dtype)
+        _sync()
+        return time.perf_counter() - t
+
+    once()
+    torch.cuda.reset_peak_memory_stats()
+    times = [once() for _ in range(n)]
+    print(f"1024x1024 x4 on {torch.cuda.get_device_name()} ({dtype_n}, {source}): tile {tile}, median "
+          f"{statistics.median(times):.2f} s, peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4, choices=sorted(UNET_FILES))
     parser.add_argument("--sdxl", action="store_true", help="GPU: SDXL's real sizes at 1024x1024")
+    parser.add_argument("--upscale", action="store_true", help="/upscale vs a direct spandrel call")
+    parser.add_argument("--models-dir", type=Path, default=None, help="--upscale: real models (else tiny ones)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.upscale:
+        size = 96 if args.size == 64 else args.size
+        if args.models_dir is not None:
+            upscale_http_vs_direct(args.models_dir, args.n, size, profile="local")
+        else:
+            from services.restore.smoke import build_upscalers
+
+            with tempfile.TemporaryDirectory() as tmp:
+                build_upscalers(Path(tmp))
+                upscale_http_vs_direct(Path(tmp), args.n, size, profile="smoke")
+        upscale_on_gpu(args.models_dir, min(args.n, 5))
+        return
     if args.sdxl:
         sdxl_on_gpu(min(args.n, 10))
         return

@@ -168,8 +168,10 @@ def plan_one(spec: mf.ModelSpec, *, models_dir: Path, cache_dir: Path) -> PlanIt
         if not missing:
             return PlanItem(spec, "present", have_bytes=have, where=str(target))
         partial = part.stat().st_size if part.is_file() else 0
-        # zip and unpacked files are on disk together for a moment
-        need = max(spec.size_bytes - have, 0) + max(_archive_size(spec) - partial, 0)
+        if spec.url.rsplit("/", 1)[-1] in spec.files:  # one file, downloaded in place (a .pth)
+            need = max(spec.size_bytes - have - partial, 0)
+        else:  # zip and unpacked files are on disk together for a moment
+            need = max(spec.size_bytes - have, 0) + max(_archive_size(spec) - partial, 0)
         status = "partial" if (found or partial) else "missing"
         return PlanItem(spec, status, have_bytes=have + partial, need_bytes=need, where=str(target),
                         missing=missing)
@@ -368,12 +370,14 @@ def fetch_url(spec: mf.ModelSpec, *, models_dir: Path, session=None, chunk: int 
         part.unlink(missing_ok=True)
         raise DownloadError(f"{spec.url} downloaded with sha256 {digest}, expected {spec.sha256} "
                             f"(damaged or changed upstream); the partial file was removed")
-    if zipfile.is_zipfile(part):
+    name = spec.url.rsplit("/", 1)[-1]
+    # a file the model needs is kept as it is: PyTorch's .pth files are zip archives too
+    if name not in spec.files and zipfile.is_zipfile(part):
         _unpack(part, target)
         part.unlink()
     else:
         target.mkdir(parents=True, exist_ok=True)
-        part.replace(target / spec.url.rsplit("/", 1)[-1])
+        part.replace(target / name)
     _, missing = match_files(target, spec.files)
     if missing:
         raise DownloadError(f"the archive lacks {', '.join(missing)}")

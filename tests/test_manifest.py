@@ -27,6 +27,7 @@ REQUIRED_KEYS = {
     "chatterbox-multilingual-v3", "chatterbox-es-latam", "chatterbox-v3-shared",
     "kyutai-tts-1.6b-en_fr", "kyutai-tts-voices",
     "silero-vad", mf.VLM_KEY,
+    "realesrgan-x4plus", "realesrgan-x2plus", "gfpgan-v1.4",
 }
 
 
@@ -312,3 +313,18 @@ def test_cli_smoke_missing_module_fails(tmp_path):
     r = run_cli("--smoke", "--no-discover", "--module", "enfoads_no_such_module",
                 "--data-dir", str(tmp_path))
     assert r.returncode == 1 and "enfoads_no_such_module" in r.stderr
+
+
+def test_restoration_models_are_pinned_release_files():
+    """Real-ESRGAN and GFPGAN come from their authors' GitHub releases, each file checked by sha256;
+    the file lands in <models dir>/<key>/ under the name the restore service opens."""
+    from services.restore.models import FILES
+
+    for key, family in (("realesrgan-x4plus", "image"), ("realesrgan-x2plus", "image"), ("gfpgan-v1.4", "face")):
+        spec = mf.get(key)
+        assert spec.family == family and spec.source == "url" and spec.runtime == "torch"
+        assert spec.url.startswith("https://github.com/") and "/releases/download/" in spec.url
+        assert spec.files == (FILES[key],) and spec.url.endswith("/" + FILES[key])
+        assert HEX64.match(spec.sha256) and spec.size_bytes > 60 * mf.MB and spec.license
+    assert mf.get("realesrgan-x4plus").license == "bsd-3-clause" and mf.get("gfpgan-v1.4").license == "apache-2.0"
+    assert "image" in mf.get("gfpgan-v1.4").also_used_by  # /upscale's face_enhance

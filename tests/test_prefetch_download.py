@@ -113,7 +113,8 @@ def test_package_models_need_no_download(dirs):
 
 
 def test_selecting_families_and_model_keys():
-    assert [s.key for s in dl.select(["whisper-base", "face"])] == ["whisper-base", "buffalo_l", "inswapper_128"]
+    assert [s.key for s in dl.select(["whisper-base", "face"])] == ["whisper-base", "buffalo_l", "inswapper_128",
+                                                                "gfpgan-v1.4"]
     assert len(dl.select([], everything=True)) == len(mf.MANIFEST)
     assert "whisper" in dl.shared_families_hint(dl.select(["vita"]))
     assert dl.shared_families_hint(dl.select(["vita", "whisper", "tts"])) is None
@@ -289,6 +290,30 @@ def test_url_download_with_a_wrong_checksum_fails_and_keeps_nothing(zip_server, 
     assert "buffalo_l" in outcome.message and "expected " + "0" * 64 in outcome.message
     assert f"retry with `python -m prefetch buffalo_l --models-dir {models.resolve()}`" in outcome.message
     assert not (models / "buffalo_l").exists() and not list((models / ".downloads").iterdir())
+
+
+def test_a_single_file_url_model_lands_where_the_restore_service_loads_it(zip_server, tmp_path):
+    """Real-ESRGAN's .pth from its release URL (a file, not an archive): checked by sha256, stored as
+    <models>/<key>/<file name>, and loaded from there by spandrel."""
+    import dataclasses
+
+    from services.restore import models as restore_models
+    from services.restore.smoke import build_upscaler
+
+    weights = tmp_path / "RealESRGAN_x2plus.pth"
+    build_upscaler(weights, 2, seed=1)
+    RangeHandler.payload = weights.read_bytes()
+    spec = dataclasses.replace(mf.get("realesrgan-x2plus"),
+                               url=f"http://127.0.0.1:{zip_server.server_port}/RealESRGAN_x2plus.pth",
+                               sha256=hashlib.sha256(RangeHandler.payload).hexdigest())
+    models = tmp_path / "models"
+    item = dl.plan([spec], models_dir=models, cache_dir=tmp_path / "hub")[0]
+    assert item.status == "missing" and item.need_bytes == spec.size_bytes  # no archive beside it
+    dl.fetch_url(spec, models_dir=models)
+    path = models / "realesrgan-x2plus" / "RealESRGAN_x2plus.pth"
+    assert path.read_bytes() == RangeHandler.payload
+    assert dl.plan([spec], models_dir=models, cache_dir=tmp_path / "hub")[0].status == "present"
+    assert restore_models.load(path, "realesrgan-x2plus", device="cpu", dtype="float32").scale == 2
 
 
 # ------------------------------------------------------------------- one model and what it needs
