@@ -1,9 +1,11 @@
 """Face swap: one image through HTTP (+ job queue, decode, encode) vs the same work done with
-direct insightface calls in this process; then video frames per second through HTTP.
+direct insightface calls in this process; then video frames per second through HTTP; then the
+cost of `restore` (GFPGAN on each swapped face) per image and per video frame, with and without it
+side by side.
 
 Run by hand: `.venv/bin/python -m benchmarks.bench_face [--n 20] [--size 640] [--frames 60]`.
 Uses the tiny smoke pack unless `--models-dir` points at real models (<dir>/buffalo_l/models/
-buffalo_l/*.onnx and <dir>/inswapper_128/inswapper_128.onnx). Runs on CUDA when torch sees a GPU
+buffalo_l/*.onnx, <dir>/inswapper_128/inswapper_128.onnx, <dir>/gfpgan-v1.4/GFPGANv1.4.pth). Runs on CUDA when torch sees a GPU
 and onnxruntime has the CUDA provider (else CPU); the device used is printed. Goal for the
 per-image ratio: <= 1.10.
 """
@@ -80,7 +82,10 @@ def main() -> None:
             from services.face.smoke import build_pack
 
             models_dir = tmp / "models"
+            from services.restore.smoke import build_face_restorer
+
             build_pack(models_dir)
+            build_face_restorer(models_dir)
         settings = load_settings(profile="smoke" if args.models_dir is None else "local", data_dir=tmp / "data",
                                  models_dir=models_dir, api_key="bench", device=device, port=0,
                                  face_det_size=args.size, job_wait_seconds=600)
@@ -122,6 +127,25 @@ def main() -> None:
             video_s = time.perf_counter() - t
             r.raise_for_status()
             frames = r.json()["frames"]
+
+            # restore on vs off, interleaved; video: the same clip both ways
+            plain, restored = [], []
+            for restore, times in (("true", restored), ("false", plain)) * 2:  # warm-up pass for GFPGAN
+                session.post(f"{server.url}/face-swap", files=files, data={"restore": restore},
+                             headers=headers).raise_for_status()
+            for _ in range(args.n):
+                for restore, times in (("false", plain), ("true", restored)):
+                    t = time.perf_counter()
+                    session.post(f"{server.url}/face-swap", files=files, data={"restore": restore},
+                                 headers=headers).raise_for_status()
+                    times.append(time.perf_counter() - t)
+            video_restore = {}
+            for restore in ("false", "true"):
+                t = time.perf_counter()
+                session.post(f"{server.url}/face-swap/video", headers=headers, data={"restore": restore},
+                             files={"source": ("s.png", source), "target": ("v.mp4", clip.read_bytes())}
+                             ).raise_for_status()
+                video_restore[restore] = time.perf_counter() - t
         finally:
             server.stop()
     d, f, h = statistics.median(direct), statistics.median(full), statistics.median(http)
@@ -133,6 +157,12 @@ def main() -> None:
           f"(p90 {statistics.quantiles(http, n=10)[-1] * 1000:.2f} ms)")
     print(f"ratio HTTP / direct det+rec {h / d:.3f}  (goal <= 1.10); HTTP / direct whole pack {h / f:.3f}")
     print(f"video {args.size}x{args.size // 2}, {frames} frames via HTTP: {video_s:.2f} s = {frames / video_s:.1f} frames/s")
+    p, r = statistics.median(plain), statistics.median(restored)
+    print(f"/face-swap without restore median {p * 1000:8.2f} ms; with restore {r * 1000:8.2f} ms "
+          f"(+{(r - p) * 1000:.2f} ms for 2 faces, x{r / p:.2f})")
+    off, on = video_restore["false"], video_restore["true"]
+    print(f"video, per frame (1 face): without restore {off / frames * 1000:.2f} ms, with restore "
+          f"{on / frames * 1000:.2f} ms (+{(on - off) / frames * 1000:.2f} ms per frame)")
 
 
 if __name__ == "__main__":

@@ -40,11 +40,16 @@ MODULES: dict[str, list[str]] = {
     # test_image.py reaches it too, through the tiny SDXL pipeline: minutes per mutant
     "services/image/params.py": ["tests/test_image_params.py"],
     "services/media.py": ["tests/test_media.py"],
+    # test_restore.py reaches them too, through HTTP and the tiny models: slower per mutant
+    "services/restore/params.py": ["tests/test_restore_units.py"],
+    "services/restore/tiles.py": ["tests/test_restore_units.py"],
+    "services/restore/faces.py": ["tests/test_restore_units.py"],
 }
 # Test files that import torch (directly or through the model code) run their mutants from a fork
 # server that never ran a test itself: forking a process whose torch thread pools are running can hang.
 TORCH_TESTS = {"tests/test_vita_units.py", "tests/test_vita.py", "tests/test_vita_vad.py", "tests/test_tts.py",
-               "tests/test_image.py", "tests/test_whisper_service.py", "tests/test_vram.py"}
+               "tests/test_image.py", "tests/test_whisper_service.py", "tests/test_vram.py",
+               "tests/test_restore_units.py"}
 SOURCE_PATHS = ["backend", "services", "prefetch"]
 ALSO_COPY = ["README.md", "requirements.txt", "requirements", "scripts", "notebooks", "benchmarks", "data"]
 # Log lines say what happened to a person reading the log; their wording is not behaviour.

@@ -68,7 +68,8 @@ def fuzz_server(smoke_models, tmp_path_factory):
         profile="smoke", data_dir=tmp_path_factory.mktemp("fuzz") / "data", models_dir=models, api_key=API_KEY,
         device="cpu", port=0, job_wait_seconds=60, whisper_beam_size=1, whisper_max_seconds=60,
         image_max_width=128, image_max_height=128, image_default_width=64, image_default_height=64,
-        image_max_n=2, tts_max_chars=60, tts_kyutai_max_seconds=1.0)
+        image_max_n=2, tts_max_chars=60, tts_kyutai_max_seconds=1.0,
+        restore_max_output_pixels=70_000)  # upscales of the small pictures run (x2 of 128x128); larger: 413 at once
     server = Server(settings).start()
     yield server
     server.stop()

@@ -101,70 +101,13 @@ def test_tiled_and_untiled_runs_agree_pixel_for_pixel(live_server, restore_setti
     assert np.array_equal(fm.decode(untiled.content), fm.decode(tiled.content))
 
 
-def test_tiles_without_overlap_would_show_seams(restore_models_dir):
-    """The counterpart of the test above: the same tiles with no overlap differ from an untiled run,
-    so the agreement is the overlap's doing."""
-    import torch
-
-    from services.restore import models, tiles
-
-    loaded = models.load(restore_models_dir / "realesrgan-x2plus" / "RealESRGAN_x2plus.pth", "realesrgan-x2plus",
-                         device="cpu", dtype="float32")
-    img = noise(48, 32, seed=6)
-
-    def run(tile, overlap):
-        return tiles.upscale(loaded.model, img, scale=2, tile=tile, overlap=overlap, multiple=4, device="cpu",
-                             dtype=torch.float32)
-
-    whole = run(1024, 0)
-    assert np.array_equal(whole, run(16, 32))
-    assert not np.array_equal(whole, run(16, 0))
-
-
-def test_progress_per_tile_and_cancel_between_tiles(restore_models_dir):
-    import torch
-
-    from services.errors import Cancelled
-    from services.restore import models, tiles
-
-    loaded = models.load(restore_models_dir / "realesrgan-x4plus" / "RealESRGAN_x4plus.pth", "realesrgan-x4plus",
-                         device="cpu", dtype="float32")
-    seen = []
-    tiles.upscale(loaded.model, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4, device="cpu",
-                  dtype=torch.float32, progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(i, 6) for i in range(1, 7)]
-
-    calls = []
-
-    def cancel(done, total):
-        calls.append(done)
-        if done == 2:
-            raise Cancelled("cancelled")
-
-    with pytest.raises(Cancelled):
-        tiles.upscale(loaded.model, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4, device="cpu",
-                      dtype=torch.float32, progress=cancel)
-    assert calls == [1, 2]  # no tile ran after the cancel
-
-
-def test_auto_tile_follows_free_memory():
-    from services.restore.tiles import MAX_TILE, MIN_TILE, auto_tile
-
-    gb = 1024 ** 3
-    small, large = auto_tile(2 * gb, 4, 2), auto_tile(8 * gb, 4, 2)
-    assert MIN_TILE <= small < large <= MAX_TILE and small % 4 == 0 and large % 4 == 0
-    assert large == pytest.approx(2 * small, abs=4)  # side grows as the square root of memory
-    assert auto_tile(0, 4, 2) == MIN_TILE and auto_tile(10 ** 15, 4, 2) == MAX_TILE
-    assert auto_tile(8 * gb, 2, 2) > large  # x2 keeps fewer output pixels per input pixel
-
-
 def test_large_upscales_go_to_the_batch_lane(live_server, restore_settings):
-    from backend.routes import restore
+    from services.restore.params import BATCH_OUTPUT_PIXELS
 
     server = live_server(restore_settings())
     r = upscale(server, noise(520, 8, seed=2), scale="4")  # a wide 2080 x 32 output: few pixels
     assert r.headers["X-Job-Lane"] == "interactive"
-    side = int((restore.BATCH_OUTPUT_PIXELS ** 0.5) // 2) + 2  # x2 of this side passes the bound
+    side = int((BATCH_OUTPUT_PIXELS ** 0.5) // 2) + 2  # x2 of this side passes the bound
     r = post(server, "/upscale?async=true", files={"image": ("a.png", fm.encode(noise(side, side)))},
              data={"scale": "2"})
     assert r.status_code == 202 and r.json()["lane"] == "batch"

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from services.media import image_mime
 from services.restore import DEFAULT_FIDELITY, RestoreConfig, RestoreService
 from services.restore.models import GFPGAN, UPSCALERS
+from services.restore.params import is_batch
 
 from ..api import Upload, body_params, doc, ok
 from ..context import backend
@@ -22,8 +23,6 @@ from .face import ASSET, IMAGE, _indices, _input, _Options
 bp = Blueprint("restore", __name__)
 TAGS = ["restore"]
 _SERVICE_KEY = "enfoads.restore"
-# Upscales whose output passes this many pixels (2048x2048) run in the batch lane.
-BATCH_OUTPUT_PIXELS = 2048 * 2048
 
 ERRORS = {400: "bad parameter (scale not 2 or 4, face index out of range) or not a readable image",
           413: "image too large (input pixels, or scale x the input over the output limit)",
@@ -112,7 +111,7 @@ def upscale():
     service = _service()
     service.check_upscale(opts.scale, opts.face_enhance)  # 503 before queueing when a model is missing
     image = _input("image", opts)
-    lane = BATCH if _pixels(image) * opts.scale ** 2 > BATCH_OUTPUT_PIXELS else INTERACTIVE
+    lane = BATCH if is_batch(_pixels(image), opts.scale) else INTERACTIVE
     params = {"image": str(image), "scale": opts.scale, "face_enhance": opts.face_enhance,
               "fidelity": opts.fidelity, "output_format": opts.output_format, "quality": opts.quality}
     return run_job("restore.upscale", params, _render(opts, lambda r: {

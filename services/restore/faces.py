@@ -25,7 +25,8 @@ def feather_mask() -> np.ndarray:
         margin = FACE_SIZE // 16
         mask = np.zeros((FACE_SIZE, FACE_SIZE), np.float32)
         mask[margin:-margin, margin:-margin] = 1.0
-        _mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=margin / 2)
+        # 4 sigma from the ones to the crop's edge: the edge itself gets nothing (no visible frame)
+        _mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=margin / 4)
     return _mask
 
 

@@ -13,19 +13,19 @@ from prefetch.locate import prefetch_command
 from prefetch.manifest import get as manifest_get
 from prefetch.manifest import vram_estimate
 
-from ..errors import InvalidInput, ModelUnavailable, TooLarge, Unprocessable
+from ..errors import ModelUnavailable, Unprocessable
 from ..face.models import PACK
 from ..face.service import FaceService, analyze, encode_bgr, pick_faces
 from ..model_env import ModelEnv
 from ..vram import Runtime
 from . import faces as face_ops
-from . import models, tiles
+from . import models, params, tiles
 from .models import GFPGAN, UPSCALERS
 
 log = logging.getLogger("enfoads.restore")
 
 Progress = Callable[[float, str], None]
-SCALES = tuple(sorted(UPSCALERS))
+SCALES = params.SCALES
 DEFAULT_FIDELITY = 0.2  # a fifth of the original face kept: GFPGAN's detail without losing the likeness
 
 
@@ -113,10 +113,7 @@ class RestoreService:
 
     # --- requests -----------------------------------------------------------------------
     def check_upscale(self, scale: int, face_enhance: bool) -> None:
-        if scale not in UPSCALERS:
-            raise InvalidInput(f"scale must be {' or '.join(map(str, SCALES))}, not {scale}", param="scale",
-                               code="invalid_scale")
-        self.check(UPSCALERS[scale])
+        self.check(UPSCALERS[params.check_scale(scale)])
         if face_enhance:
             self.check(GFPGAN)
 
@@ -124,12 +121,10 @@ class RestoreService:
                 fidelity: float = DEFAULT_FIDELITY, fmt: str = "png", quality: int = 92,
                 progress: Progress | None = None) -> dict:
         self.check_upscale(scale, face_enhance)
+        fidelity = params.check_fidelity(fidelity)
         img = self.read(image)
         height, width = img.shape[:2]
-        if height * width * scale * scale > self.cfg.max_output_pixels:
-            raise TooLarge(f"x{scale} of a {width}x{height} image is {width * scale}x{height * scale}, more than the "
-                           f"{self.cfg.max_output_pixels:,} output pixels allowed", param="image",
-                           code="output_too_large")
+        params.check_output_size(width, height, scale, self.cfg.max_output_pixels)
         report = progress or (lambda fraction, message: None)
         landmarks = []
         if face_enhance:
@@ -154,6 +149,7 @@ class RestoreService:
                       fidelity: float = DEFAULT_FIDELITY, fmt: str = "png", quality: int = 92,
                       progress: Progress | None = None) -> dict:
         self.check(GFPGAN)
+        fidelity = params.check_fidelity(fidelity)
         img = self.read(image)
         faces = self.detect(img)
         if not faces:

@@ -1,0 +1,202 @@
+"""The restore family's pieces without a server: request checks, the tile plan and tiled runs, face
+alignment and paste-back, on the tiny Real-ESRGAN checkpoints (real .pth layout)."""
+import math
+
+import numpy as np
+import pytest
+
+from services.errors import Cancelled, InvalidInput, TooLarge
+from services.restore import faces, params, tiles
+from services.restore import models as restore_models
+
+
+@pytest.fixture(scope="module")
+def upscalers(tmp_path_factory):
+    from services.restore.smoke import build_upscalers
+
+    root = tmp_path_factory.mktemp("restore-units")
+    build_upscalers(root)
+    return {key: restore_models.load(root / key / restore_models.FILES[key], key, device="cpu", dtype="float32")
+            for key in restore_models.UPSCALERS.values()}
+
+
+def noise(width, height, seed=0):
+    return (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- params
+
+def test_scale_must_be_2_or_4():
+    assert params.check_scale(2) == 2 and params.check_scale(4) == 4
+    for bad in (1, 3, 8, 0, -4, True, "4", None, 4.5):
+        with pytest.raises(InvalidInput) as e:
+            params.check_scale(bad)
+        assert e.value.param == "scale" and "2 or 4" in e.value.message
+
+
+def test_fidelity_is_between_0_and_1():
+    assert params.check_fidelity(0) == 0.0 and params.check_fidelity(1) == 1.0 and params.check_fidelity("0.5") == 0.5
+    for bad in (-0.01, 1.01, float("nan"), "x", None):
+        with pytest.raises(InvalidInput) as e:
+            params.check_fidelity(bad, param="restore_fidelity")
+        assert e.value.param == "restore_fidelity"
+
+
+def test_output_size_limit():
+    assert params.check_output_size(100, 50, 4, 400 * 200) == (400, 200)  # exactly at the limit
+    with pytest.raises(TooLarge) as e:
+        params.check_output_size(100, 50, 4, 400 * 200 - 1)
+    assert e.value.code == "output_too_large" and "400x200" in e.value.message and "100x50" in e.value.message
+
+
+def test_batch_lane_bound():
+    assert not params.is_batch(1024 * 1024, 2) and params.is_batch(1024 * 1024 + 1, 2)
+    assert not params.is_batch(512 * 512, 4) and params.is_batch(512 * 512 + 1, 4)
+
+
+# --------------------------------------------------------------------------- tiles
+
+def test_plan_covers_the_image_once_on_the_grid():
+    cores = tiles.plan(70, 90, 32, 4)
+    assert len(cores) == 3 * 3
+    seen = np.zeros((70, 90), int)
+    for y0, y1, x0, x1 in cores:
+        assert y0 % 4 == 0 and x0 % 4 == 0 and y1 - y0 <= 32 and x1 - x0 <= 32
+        seen[y0:y1, x0:x1] += 1
+    assert (seen == 1).all()
+    assert tiles.plan(70, 90, 30, 4)[1] == (0, 28, 28, 56)  # a tile off the grid is rounded down to it
+    assert tiles.plan(10, 10, 2, 4)[0] == (0, 4, 0, 4)  # never below the grid
+
+
+def test_auto_tile_follows_free_memory():
+    gb = 1024 ** 3
+    small, large = tiles.auto_tile(2 * gb, 4, 2), tiles.auto_tile(8 * gb, 4, 2)
+    assert tiles.MIN_TILE <= small < large <= tiles.MAX_TILE and small % 4 == 0 and large % 4 == 0
+    assert large == pytest.approx(2 * small, abs=4)  # the side grows as the square root of memory
+    assert small == pytest.approx(math.sqrt(2 * gb * 0.6 / tiles.bytes_per_pixel(4, 2)), abs=4)
+    assert tiles.auto_tile(0, 4, 2) == tiles.MIN_TILE and tiles.auto_tile(10 ** 15, 4, 2) == tiles.MAX_TILE
+    assert tiles.auto_tile(8 * gb, 2, 2) > large  # x2 keeps fewer output pixels per input pixel
+    assert tiles.auto_tile(8 * gb, 4, 4) < large  # fp32 takes twice the bytes
+    assert tiles.bytes_per_pixel(4, 2) == 2 * (4 * 64 * 16 + 3 * 192)
+
+
+@pytest.mark.parametrize("key,scale", [("realesrgan-x4plus", 4), ("realesrgan-x2plus", 2)])
+def test_tiled_equals_untiled_and_no_overlap_shows_seams(upscalers, key, scale):
+    import torch
+
+    loaded = upscalers[key]
+    img = noise(44, 30, seed=6)
+
+    def run(tile, overlap):
+        return tiles.upscale(loaded.model, img, scale=scale, tile=tile, overlap=overlap,
+                             multiple=restore_models.tile_multiple(loaded), device="cpu", dtype=torch.float32)
+
+    whole = run(1024, 0)
+    assert whole.shape == (30 * scale, 44 * scale, 3) and whole.dtype == np.uint8
+    assert np.array_equal(whole, run(16, 32))
+    assert np.array_equal(whole, run(16, 30))  # an overlap off the grid is rounded up to it
+    assert not np.array_equal(whole, run(16, 0))
+
+
+def test_progress_per_tile_and_cancel_between_tiles(upscalers):
+    import torch
+
+    model = upscalers["realesrgan-x4plus"].model
+    seen = []
+    tiles.upscale(model, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4, device="cpu", dtype=torch.float32,
+                  progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 6) for i in range(1, 7)]
+
+    calls = []
+
+    def cancel(done, total):
+        calls.append(done)
+        if done == 2:
+            raise Cancelled("cancelled")
+
+    with pytest.raises(Cancelled):
+        tiles.upscale(model, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4, device="cpu",
+                      dtype=torch.float32, progress=cancel)
+    assert calls == [1, 2]  # no tile ran after the cancel
+
+
+def test_loaded_models_say_what_they_are(upscalers):
+    x4, x2 = upscalers["realesrgan-x4plus"], upscalers["realesrgan-x2plus"]
+    assert (x4.scale, x4.multiple_of, x4.dtype) == (4, 1, "float32")
+    assert (x2.scale, x2.multiple_of) == (2, 4)  # pixel-unshuffle: sizes on a 4-pixel grid
+    assert restore_models.tile_multiple(x4) == restore_models.tile_multiple(x2) == 4
+
+
+def test_a_file_of_another_kind_is_refused(tmp_path, upscalers):
+    import torch
+
+    from services.errors import ModelUnavailable
+
+    junk = tmp_path / "junk.pth"
+    torch.save({"params_ema": {"some.weight": torch.zeros(2)}}, junk)
+    with pytest.raises(ModelUnavailable, match="neither a Real-ESRGAN nor a GFPGAN"):
+        restore_models.load(junk, "realesrgan-x4plus", device="cpu", dtype="float32")
+
+
+# --------------------------------------------------------------------------- faces
+
+# A face's 5 landmarks (eyes, nose, mouth corners) in a 200x160 picture: the template, scaled by
+# 0.25 and moved to (60, 40).
+LANDMARKS = faces.TEMPLATE_512 * 0.25 + np.array([60, 40], np.float32)
+
+
+def test_align_maps_the_landmarks_onto_the_template():
+    img = noise(200, 160, seed=1)
+    crop, matrix = faces.align(img, LANDMARKS)
+    assert crop.shape == (512, 512, 3)
+    mapped = np.c_[LANDMARKS, np.ones(5)] @ matrix.T
+    assert np.abs(mapped - faces.TEMPLATE_512).max() < 0.5
+    x0, y0, x1, y1 = faces.footprint(matrix, 160, 200)  # the 512 square at 0.25 from (60, 40), clipped
+    assert abs(x0 - 60) <= 1 and abs(y0 - 40) <= 1 and abs(x1 - 188) <= 1 and y1 == 160
+
+
+def test_feather_mask_is_one_inside_and_zero_at_the_edges():
+    mask = faces.feather_mask()
+    assert mask.shape == (512, 512) and mask.dtype == np.float32
+    assert mask[256, 256] == pytest.approx(1.0) and mask[0, 0] < 1e-4 and mask[0, 256] < 1e-4
+    assert mask[256, 0] < 0.01 and mask[256, 511] < 0.01 and 0.2 < mask[256, 32] < 0.8
+
+
+def test_paste_changes_only_the_footprint():
+    img = noise(200, 160, seed=2)
+    before = img.copy()
+    crop, matrix = faces.align(img, LANDMARKS)
+    out = faces.paste(img, np.full_like(crop, 255), matrix)
+    x0, y0, x1, y1 = faces.footprint(matrix, 160, 200)
+    changed = np.any(out != before, axis=2)
+    assert changed[y0:y1, x0:x1].any()
+    outside = changed.copy()
+    outside[y0:y1, x0:x1] = False
+    assert not outside.any()
+    centre = faces.TEMPLATE_512.mean(axis=0) * 0.25 + (60, 40)
+    assert (out[int(centre[1]), int(centre[0])] == 255).all()  # the middle takes the new face entirely
+
+
+def test_restore_blends_by_fidelity_and_keeps_the_original_at_1():
+    import torch
+
+    img = noise(200, 160, seed=3)
+    white = lambda t: torch.ones_like(t)  # a "restorer" that paints the face white  # noqa: E731
+
+    kept = faces.restore(white, img.copy(), [LANDMARKS], fidelity=1.0, device="cpu", dtype=torch.float32)
+    assert np.array_equal(kept, img)
+    full = faces.restore(white, img.copy(), [LANDMARKS], fidelity=0.0, device="cpu", dtype=torch.float32)
+    half = faces.restore(white, img.copy(), [LANDMARKS], fidelity=0.5, device="cpu", dtype=torch.float32)
+    cx, cy = (faces.TEMPLATE_512.mean(axis=0) * 0.25 + (60, 40)).astype(int)
+    assert (full[cy, cx] == 255).all()
+    expected = (img[cy, cx].astype(float) + 255) / 2
+    assert np.abs(half[cy, cx] - expected).max() <= 3  # interpolation of the round trip
+
+
+def test_restore_reports_each_face():
+    import torch
+
+    seen = []
+    faces.restore(lambda t: t, noise(200, 160), [LANDMARKS, LANDMARKS + 5], fidelity=0.0, device="cpu",
+                  dtype=torch.float32, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)]
