@@ -242,7 +242,7 @@ def upscale_on_gpu(models: Path | None, n: int) -> None:
     def once() -> float:
         _sync()
         t = time.perf_counter()
-        tiles.upscale(desc, img, scale=4, tile=tile, overlap=32, multiple=4, device=desc.device, dtype=desc.dtype)
+        tiles.upscale(lambda crop: tiles.run_model(desc, crop), img, scale=4, tile=tile, overlap=32, multiple=4)
         _sync()
         return time.perf_counter() - t
 

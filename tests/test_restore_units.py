@@ -82,14 +82,12 @@ def test_auto_tile_follows_free_memory():
 
 @pytest.mark.parametrize("key,scale", [("realesrgan-x4plus", 4), ("realesrgan-x2plus", 2)])
 def test_tiled_equals_untiled_and_no_overlap_shows_seams(upscalers, key, scale):
-    import torch
-
     loaded = upscalers[key]
     img = noise(44, 30, seed=6)
 
     def run(tile, overlap):
-        return tiles.upscale(loaded.model, img, scale=scale, tile=tile, overlap=overlap,
-                             multiple=restore_models.tile_multiple(loaded), device="cpu", dtype=torch.float32)
+        return tiles.upscale(lambda crop: tiles.run_model(loaded.model, crop), img, scale=scale, tile=tile,
+                             overlap=overlap, multiple=restore_models.tile_multiple(loaded))
 
     whole = run(1024, 0)
     assert whole.shape == (30 * scale, 44 * scale, 3) and whole.dtype == np.uint8
@@ -99,13 +97,18 @@ def test_tiled_equals_untiled_and_no_overlap_shows_seams(upscalers, key, scale):
 
 
 def test_progress_per_tile_and_cancel_between_tiles(upscalers):
-    import torch
-
     model = upscalers["realesrgan-x4plus"].model
+    ran = []
+
+    def run(crop):
+        ran.append(crop.shape)
+        return tiles.run_model(model, crop)
+
     seen = []
-    tiles.upscale(model, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4, device="cpu", dtype=torch.float32,
+    tiles.upscale(run, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4,
                   progress=lambda done, total: seen.append((done, total)))
     assert seen == [(i, 6) for i in range(1, 7)]
+    assert ran[0] == (16, 16, 3) and ran[4] == (16, 24, 3)  # a corner tile and the middle one, with overlap
 
     calls = []
 
@@ -115,9 +118,8 @@ def test_progress_per_tile_and_cancel_between_tiles(upscalers):
             raise Cancelled("cancelled")
 
     with pytest.raises(Cancelled):
-        tiles.upscale(model, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4, device="cpu",
-                      dtype=torch.float32, progress=cancel)
-    assert calls == [1, 2]  # no tile ran after the cancel
+        tiles.upscale(run, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4, progress=cancel)
+    assert calls == [1, 2] and len(ran) == 6 + 2  # no tile ran after the cancel
 
 
 def test_loaded_models_say_what_they_are(upscalers):
@@ -178,25 +180,29 @@ def test_paste_changes_only_the_footprint():
 
 
 def test_restore_blends_by_fidelity_and_keeps_the_original_at_1():
-    import torch
-
     img = noise(200, 160, seed=3)
-    white = lambda t: torch.ones_like(t)  # a "restorer" that paints the face white  # noqa: E731
 
-    kept = faces.restore(white, img.copy(), [LANDMARKS], fidelity=1.0, device="cpu", dtype=torch.float32)
-    assert np.array_equal(kept, img)
-    full = faces.restore(white, img.copy(), [LANDMARKS], fidelity=0.0, device="cpu", dtype=torch.float32)
-    half = faces.restore(white, img.copy(), [LANDMARKS], fidelity=0.5, device="cpu", dtype=torch.float32)
+    def white(crop):  # a "restorer" that paints the face white
+        assert crop.shape == (512, 512, 3) and crop.dtype == np.uint8
+        return np.full_like(crop, 255)
+
+    assert np.array_equal(faces.restore(white, img.copy(), [LANDMARKS], fidelity=1.0), img)
+    full = faces.restore(white, img.copy(), [LANDMARKS], fidelity=0.0)
+    half = faces.restore(white, img.copy(), [LANDMARKS], fidelity=0.5)
     cx, cy = (faces.TEMPLATE_512.mean(axis=0) * 0.25 + (60, 40)).astype(int)
     assert (full[cy, cx] == 255).all()
     expected = (img[cy, cx].astype(float) + 255) / 2
     assert np.abs(half[cy, cx] - expected).max() <= 3  # interpolation of the round trip
 
 
-def test_restore_reports_each_face():
-    import torch
+def test_restore_reports_each_face_and_runs_the_model_on_the_aligned_crop(tmp_path):
+    from services.restore.smoke import build_gfpgan
 
+    build_gfpgan(tmp_path / "g.pth")
+    gfpgan = restore_models.load(tmp_path / "g.pth", "gfpgan-v1.4", device="cpu", dtype="float16")
+    assert gfpgan.dtype == "float32"  # GFPGAN has no fp16 mode: fp32 whatever the policy says
     seen = []
-    faces.restore(lambda t: t, noise(200, 160), [LANDMARKS, LANDMARKS + 5], fidelity=0.0, device="cpu",
-                  dtype=torch.float32, progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(1, 2), (2, 2)]
+    img = noise(200, 160)
+    out = faces.restore(lambda crop: faces.run_model(gfpgan.model, crop), img.copy(), [LANDMARKS, LANDMARKS + 5],
+                        fidelity=0.0, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)] and out.shape == img.shape and not np.array_equal(out, img)

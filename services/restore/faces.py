@@ -74,31 +74,24 @@ def paste(img: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return img
 
 
-def to_tensor(crop_bgr: np.ndarray, device, dtype):
-    import torch
-
-    rgb = np.ascontiguousarray(crop_bgr[..., ::-1])
-    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=dtype).div_(255)
-
-
-def to_bgr(tensor) -> np.ndarray:
+def run_model(model, crop_bgr: np.ndarray) -> np.ndarray:
+    """One aligned 512x512 BGR face through a spandrel descriptor (RGB in [0, 1] on its device), BGR out."""
     import torch
 
     with torch.inference_mode():
-        rgb = tensor[0].float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return np.ascontiguousarray(rgb[..., ::-1])
+        rgb = np.ascontiguousarray(crop_bgr[..., ::-1])
+        x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(device=model.device, dtype=model.dtype).div_(255)
+        y = model(x)[0].float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return np.ascontiguousarray(y[..., ::-1])
 
 
-def restore(run, img: np.ndarray, landmarks: list, *, fidelity: float, device, dtype, progress=None) -> np.ndarray:
+def restore(run, img: np.ndarray, landmarks: list, *, fidelity: float, progress=None) -> np.ndarray:
     """Restore each face given by its 5 landmarks in `img` (BGR uint8, changed in place and returned).
-    `run(tensor [1,3,512,512] in [0,1]) -> same`; fidelity 0 keeps GFPGAN's face, 1 the original."""
-    import torch
-
+    `run(aligned 512x512 BGR uint8) -> the same, restored`; fidelity 0 keeps GFPGAN's face, 1 the original."""
     for i, points in enumerate(landmarks):
         crop, matrix = align(img, points)
         if fidelity < 1.0:
-            with torch.inference_mode():
-                restored = to_bgr(run(to_tensor(crop, device, dtype)))
+            restored = run(crop)
             if fidelity > 0.0:
                 restored = np.clip((1 - fidelity) * restored.astype(np.float32)
                                    + fidelity * crop.astype(np.float32) + 0.5, 0, 255).astype(np.uint8)

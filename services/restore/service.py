@@ -2,7 +2,6 @@
 every model through the VRAM offloader."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,8 +20,6 @@ from ..vram import Runtime
 from . import faces as face_ops
 from . import models, params, tiles
 from .models import GFPGAN, UPSCALERS
-
-log = logging.getLogger("enfoads.restore")
 
 Progress = Callable[[float, str], None]
 SCALES = params.SCALES
@@ -44,16 +41,19 @@ class RestoreService:
         self.face = face
 
     # --- models -------------------------------------------------------------------------
+    def dtype(self, key: str) -> str:
+        """The dtype policy's for Real-ESRGAN; fp32 for GFPGAN, which has no fp16 mode."""
+        return "float32" if key == GFPGAN else self.env.dtype
+
     def register(self) -> None:
         for key in (*UPSCALERS.values(), GFPGAN):
-            dtype = "float32" if key == GFPGAN else self.env.dtype
             self.env.vram.register(key, self._loader(key), runtime=Runtime.TORCH, family=manifest_get(key).family,
-                                   estimate_bytes=vram_estimate(key, dtype))
+                                   estimate_bytes=vram_estimate(key, self.dtype(key)))
 
     def _loader(self, key: str):
         def load(device: str) -> models.Loaded:
             self.check(key)
-            return models.load(self.env.locate(key) / models.FILES[key], key, device=device, dtype="float32" if key == GFPGAN else self.env.dtype)
+            return models.load(self.env.locate(key) / models.FILES[key], key, device=device, dtype=self.dtype(key))
 
         return load
 
@@ -79,10 +79,11 @@ class RestoreService:
     def detect(self, img: np.ndarray) -> list:
         return self.env.vram.run(PACK, lambda pack: analyze(pack, img))
 
-    def tile_for(self, loaded: models.Loaded, device: str) -> int:
+    def tile_for(self, loaded: models.Loaded) -> int:
         multiple = models.tile_multiple(loaded)
         if self.cfg.tile:
             return max(multiple, self.cfg.tile - self.cfg.tile % multiple)
+        device = str(loaded.model.device)
         if device.startswith("cuda"):
             import torch
 
@@ -90,26 +91,24 @@ class RestoreService:
             return tiles.auto_tile(free, loaded.scale, 2 if loaded.dtype != "float32" else 4, multiple=multiple)
         return max(multiple, self.cfg.cpu_tile - self.cfg.cpu_tile % multiple)
 
-    def upscale_array(self, loaded: models.Loaded, img: np.ndarray, *, tile: int | None = None,
+    def upscale_array(self, key: str, img: np.ndarray, *,
                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        desc = loaded.model
-        device = str(desc.device)
-        return tiles.upscale(desc, img, scale=loaded.scale, tile=tile or self.tile_for(loaded, device),
-                             overlap=self.cfg.tile_overlap, multiple=models.tile_multiple(loaded),
-                             device=desc.device, dtype=desc.dtype, progress=progress)
+        """`img` (uint8, H x W x 3) through Real-ESRGAN `key` in tiles; the model is taken for each tile
+        (a resident acquire costs microseconds), so between tiles a paused batch job holds none."""
+        vram = self.env.vram
+        loaded = vram.run(key, lambda m: m)  # loads it now: scale, grid and tile come from the model
+        return tiles.upscale(lambda crop: vram.run(key, lambda m: tiles.run_model(m.model, crop)), img,
+                             scale=loaded.scale, tile=vram.run(key, self.tile_for), overlap=self.cfg.tile_overlap,
+                             multiple=models.tile_multiple(loaded), progress=progress)
 
     def restore_landmarks(self, img: np.ndarray, landmarks: list, *, fidelity: float,
                           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Restore the faces at `landmarks` (5 points each) in a BGR image, through the offloader."""
+        """Restore the faces at `landmarks` (5 points each) in a BGR image; GFPGAN is taken for each face."""
         if not landmarks:
             return img
-
-        def run(loaded: models.Loaded):
-            desc = loaded.model
-            return face_ops.restore(desc, img, landmarks, fidelity=fidelity, device=desc.device, dtype=desc.dtype,
-                                    progress=progress)
-
-        return self.env.vram.run(GFPGAN, run)
+        vram = self.env.vram
+        return face_ops.restore(lambda crop: vram.run(GFPGAN, lambda m: face_ops.run_model(m.model, crop)), img,
+                                landmarks, fidelity=fidelity, progress=progress)
 
     # --- requests -----------------------------------------------------------------------
     def check_upscale(self, scale: int, face_enhance: bool) -> None:
@@ -135,7 +134,7 @@ class RestoreService:
         def tile_done(done: int, total: int) -> None:
             report(share * done / total, f"tile {done}/{total}")
 
-        big = self.env.vram.run(UPSCALERS[scale], lambda loaded: self.upscale_array(loaded, img, progress=tile_done))
+        big = self.upscale_array(UPSCALERS[scale], img, progress=tile_done)
         if landmarks:
             big = self.restore_landmarks(big, landmarks, fidelity=fidelity, progress=lambda done, total: report(
                 share + (1 - share) * done / total, f"face {done}/{total}"))

@@ -40,27 +40,34 @@ def plan(height: int, width: int, tile: int, multiple: int) -> list[tuple[int, i
             for y in range(0, height, tile) for x in range(0, width, tile)]
 
 
-def upscale(run: Callable, img: np.ndarray, *, scale: int, tile: int, overlap: int, multiple: int,
-            device, dtype, progress: Progress | None = None) -> np.ndarray:
-    """`run(tensor [1,3,h,w] in [0,1]) -> [1,3,h*scale,w*scale]` over `img` (H, W, 3 uint8, any channel
-    order kept), tile by tile; the result is uint8, exactly scale x the input size."""
+def run_model(model, crop: np.ndarray) -> np.ndarray:
+    """One tile through a spandrel descriptor: uint8 (h, w, 3) in, uint8 (h*scale, w*scale, 3) out, on the
+    model's device and dtype."""
     import torch
 
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).unsqueeze(0)
+        x = x.to(device=model.device, dtype=model.dtype).div_(255)
+        y = model(x)
+        pixels = y[0].float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0)
+        return pixels.cpu().numpy()
+
+
+def upscale(run: Callable[[np.ndarray], np.ndarray], img: np.ndarray, *, scale: int, tile: int, overlap: int,
+            multiple: int, progress: Progress | None = None) -> np.ndarray:
+    """`run(uint8 crop (h, w, 3)) -> uint8 (h*scale, w*scale, 3)` over `img` (H, W, 3 uint8; channel order
+    is kept), tile by tile; the result is exactly scale x the input size. Nothing is held between tiles:
+    `run` may take the model for each tile (a batch job paused between tiles then holds no model)."""
     height, width = img.shape[:2]
     overlap = int(math.ceil(overlap / multiple) * multiple)
     out = np.empty((height * scale, width * scale, 3), np.uint8)
-    src = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0)  # uint8, host
     cores = plan(height, width, tile, multiple)
     for i, (y0, y1, x0, x1) in enumerate(cores):
         py0, py1 = max(0, y0 - overlap), min(height, y1 + overlap)
         px0, px1 = max(0, x0 - overlap), min(width, x1 + overlap)
-        with torch.inference_mode():
-            crop = src[..., py0:py1, px0:px1].to(device=device, dtype=dtype).div_(255)
-            res = run(crop)
-            core = res[..., (y0 - py0) * scale:(y1 - py0) * scale, (x0 - px0) * scale:(x1 - px0) * scale]
-            pixels = core[0].float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0)
-        out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = pixels.cpu().numpy()
-        del crop, res, core, pixels
+        res = run(img[py0:py1, px0:px1])
+        out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+            res[(y0 - py0) * scale:(y1 - py0) * scale, (x0 - px0) * scale:(x1 - px0) * scale]
         if progress is not None:
             progress(i + 1, len(cores))
     return out
