@@ -206,3 +206,27 @@ def test_restore_reports_each_face_and_runs_the_model_on_the_aligned_crop(tmp_pa
     out = faces.restore(lambda crop: faces.run_model(gfpgan.model, crop), img.copy(), [LANDMARKS, LANDMARKS + 5],
                         fidelity=0.0, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 2), (2, 2)] and out.shape == img.shape and not np.array_equal(out, img)
+
+
+def test_the_service_takes_the_model_per_tile_and_holds_none_between_tiles(upscalers, tmp_path):
+    """What lets a batch upscale pause between tiles without pinning Real-ESRGAN on the GPU."""
+    from services.model_env import ModelEnv
+    from services.restore.service import RestoreConfig, RestoreService
+    from services.restore.smoke import build_upscalers
+    from services.vram import VramOffloader
+
+    build_upscalers(tmp_path)
+    vram = VramOffloader(device="cpu", budget_bytes=15 * 1024 ** 3)
+    env = ModelEnv(models_dir=tmp_path, profile="smoke", device="cpu", dtype="float32", vram=vram, data_dir=tmp_path)
+    service = RestoreService(env, RestoreConfig(tile=8), face=None)
+    service.register()
+    held = []
+
+    def progress(done, total):
+        model = next(m for m in vram.snapshot()["models"] if m["name"] == "realesrgan-x2plus")
+        held.append(model["in_use"])
+
+    out = service.upscale_array("realesrgan-x2plus", noise(24, 16), progress=progress)
+    assert out.shape == (32, 48, 3) and held == [0] * 6
+    loads = next(m for m in vram.snapshot()["models"] if m["name"] == "realesrgan-x2plus")["loads"]
+    assert loads == 1  # loaded once, then resident for every tile
