@@ -94,6 +94,12 @@ CHECKS: dict[str, str] = {
         assert out.returncode == 0 and "ffmpeg version" in out.stdout, out.stderr
     """,
     "media": "import PIL, cv2, soundfile, pysubs2, librosa, numpy, scipy, skimage",
+    # Real-ESRGAN and GFPGAN: both architectures there, the loader's registry API as we use it.
+    "spandrel": """
+        from spandrel import ArchRegistry, ArchSupport, ImageModelDescriptor, ModelLoader, SizeRequirements
+        from spandrel.architectures.ESRGAN import ESRGAN, ESRGANArch
+        from spandrel.architectures.GFPGAN import GFPGAN, GFPGANArch
+    """,
     "hub": "import transformers, accelerate, safetensors, huggingface_hub, tokenizers, sentencepiece",
 }
 
