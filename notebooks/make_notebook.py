@@ -102,6 +102,8 @@ PREFETCH = """\
 # @markdown `python -m prefetch --list`, e.g. `chatterbox-turbo kyutai-tts-1.6b-en_fr whisper-small`.
 # @markdown TTS and VITA speak with `chatterbox-es-latam` (Latin-American Spanish); add
 # @markdown `chatterbox-multilingual-v3` for the other 22 languages.
+# @markdown Image also brings Real-ESRGAN x4/x2 (`/upscale`); Face also GFPGAN v1.4 (`/restore-faces`, and
+# @markdown swapped faces restored on the GPU).
 IMAGE = True  # @param {type:"boolean"}
 FACE = True  # @param {type:"boolean"}
 WHISPER = True  # @param {type:"boolean"}
