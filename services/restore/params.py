@@ -18,7 +18,7 @@ def check_fidelity(fidelity, param: str = "fidelity") -> float:
     try:
         value = float(fidelity)
     except (TypeError, ValueError):
-        value = float("nan")
+        value = -1.0  # not a number: refused below
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise InvalidInput(f"{param} must be between 0 (the restored face) and 1 (the original), not {fidelity!r}",
                            param=param, code="invalid_fidelity")
