@@ -81,6 +81,16 @@ def test_jobs_subscribe_answers_with_the_job_or_an_error(jobs_server, jobs_clien
     assert c.sio.connected
 
 
+def test_packet_codec_encodes_what_orjson_refuses_through_the_standard_library():
+    # Socket.IO packets are encoded by orjson (backend/socket_json.py), which refuses integers over
+    # 64 bits and non-string keys: such data must still go out, as the standard library writes it
+    from backend import socket_json
+
+    data = ["job", {"value": 2 ** 70 + 1, "by_index": {1: "a"}, "text": "¿qué?"}]
+    assert json.loads(socket_json.dumps(data, separators=(",", ":"))) == json.loads(json.dumps(data))
+    assert socket_json.loads(socket_json.dumps(["audio", "{\"a\": [1, 2]}"])) == ["audio", "{\"a\": [1, 2]}"]
+
+
 def test_reserved_and_non_string_event_names_are_ignored_on_jobs(jobs_server, jobs_client, caplog):
     job_id = requests.post(f"{jobs_server.url}/test/run", json={"kind": "echo", "value": 1}, headers=H,
                            timeout=20).json()["job_id"]
