@@ -39,10 +39,9 @@ def load_vad_model():
 class SileroStream:
     """Silero VAD's ONNX network with one stream's recurrent state, in numpy.
 
-    It stands in for the package's `OnnxWrapper` under its `VADIterator` (the same inputs, state
-    and 64-sample context; 16 kHz windows of 512 samples only): the wrapper's per-window torch
-    bookkeeping cost more CPU than the network itself at VITA's packet rate (bench_vita.py,
-    section 2, profiled with py-spy)."""
+    What the package's `OnnxWrapper` computes (the same inputs, state and 64-sample context; 16 kHz
+    windows of 512 samples only), without its per-window torch bookkeeping, which cost more CPU
+    than the network itself at VITA's packet rate (bench_vita.py section 2, profiled with py-spy)."""
 
     CONTEXT = 64
 
