@@ -98,8 +98,9 @@ def test_prefetch_form_maps_ticks_to_models():
     assert [s.key for s in dl.select(["chatterbox-es-latam"])] == ["chatterbox-v3-shared", "chatterbox-es-latam"]
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         nb.prefetch_names({}, "nope")
-    # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each)
-    assert nb.prefetch_names({"image": True}) == ["sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"]
+    # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each); pose control's models
+    assert nb.prefetch_names({"image": True}) == ["sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix",
+                                                  "controlnet-openpose-sdxl", "dwpose"]
 
 
 def test_colab_settings_take_the_key_secret_and_respect_env(tmp_path, monkeypatch):
