@@ -293,7 +293,8 @@ def test_openapi_lists_the_pose_route_and_fields(server):
     schemas = spec["components"]["schemas"]
     for name in ("GenerateImageBody", "OpenAIImageBody"):
         props = schemas[name]["properties"]
-        assert {"pose_image", "pose_image_asset", "pose_reference", "pose_reference_asset", "control_scale"} <= set(props)
+        assert {"pose_image", "pose_image_asset", "pose_reference", "pose_reference_asset",
+                "control_scale"} <= set(props)
         scale = props["control_scale"]["anyOf"][0]
         assert scale["minimum"] == 0 and scale["maximum"] == 2
     assert "422" in spec["paths"]["/generate-image"]["post"]["responses"]

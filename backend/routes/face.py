@@ -14,7 +14,6 @@ from services.media import image_mime
 
 from ..api import Upload, body_params, doc, ok, raw_json, seed_shape
 from ..context import backend
-from ..errors import ApiError
 from ..job_http import run_job
 from ..jobs import BATCH
 from ..uploads import ASSET_RE, input_file

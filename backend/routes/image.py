@@ -48,7 +48,8 @@ class PoseFields(BaseModel):
                                    "base64 or a data: URL; resized to the output size",
                                    json_schema_extra={"format": "byte", "minLength": 4})
     pose_image_asset: str | None = Field(None, description="pose_image from one of your jobs' outputs, e.g. "
-                                         "`<job_id>/skeleton.png` from /pose", json_schema_extra={"pattern": ASSET_RE.pattern})
+                                         "`<job_id>/skeleton.png` from /pose",
+                                         json_schema_extra={"pattern": ASSET_RE.pattern})
     pose_reference: str | None = Field(None, description="a photo of a person whose pose to copy (DWPose draws "
                                        "the skeleton first; 422 when nobody is found), base64 or a data: URL",
                                        json_schema_extra={"format": "byte", "minLength": 4})

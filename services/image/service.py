@@ -143,10 +143,10 @@ class ImageService:
 
     def _cache_key(self, req: ImageRequest, seed: int, control: Control | None = None) -> str:
         weights = self._unet_file(req.steps).stat()
+        weights_file = self.env.locate(CONTROLNET_KEY) / "diffusion_pytorch_model.safetensors" if control else None
         pose = {} if control is None else {  # absent without a pose: earlier cache entries stay valid
             "pose": control.digest, "control_scale": req.control_scale,
-            "controlnet": [manifest.get(CONTROLNET_KEY).revision,
-                           *self._file_identity(self.env.locate(CONTROLNET_KEY) / "diffusion_pytorch_model.safetensors")]}
+            "controlnet": [manifest.get(CONTROLNET_KEY).revision, *self._file_identity(weights_file)]}
         return ImageCache.key({
             **pose,
             "v": 1,
