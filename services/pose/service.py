@@ -2,6 +2,7 @@
 OpenPose skeleton image a pose ControlNet reads. The models go through the VRAM offloader."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,7 @@ class PoseService:
                                estimate_bytes=vram_estimate(DWPOSE, "fp32"))
 
     def _load(self, device: str) -> LoadedDWPose:
-        cfg = self.cfg if device == self.cfg.device else PoseConfig(**{**self.cfg.__dict__, "device": device})
+        cfg = self.cfg if device == self.cfg.device else dataclasses.replace(self.cfg, device=device)
         loaded = models.load(self.env.locate(DWPOSE), cfg)
         self.runtime.clear()
         self.runtime.update(loaded=True, **loaded.runtime)
