@@ -22,6 +22,7 @@ from .proxies import TrustedProxyFix
 from .routes import face as face_routes
 from .routes import image as image_routes
 from .routes import jobs as job_routes
+from .routes import pose as pose_routes
 from .routes import system as system_routes
 from .routes import tts as tts_routes
 from .routes import vita as vita_routes
@@ -36,6 +37,7 @@ log = logging.getLogger("enfoads")
 # Each family's web module exposes `install(app, backend)`: it builds its service, registers its
 # job kinds, blueprint, Socket.IO namespaces and /v1/models entries.
 FAMILIES: tuple = (
+    pose_routes,  # before image: pose_reference reads photos with its service
     image_routes,
     face_routes,
     whisper_routes,

@@ -370,8 +370,9 @@ def vram_view(server: Server, *, seconds: float = 3600, interval: float = 2.0):
 # What a ticked family downloads by default: the models its default routes load. Others (the
 # English and Turbo Chatterbox, Kyutai, smaller whispers) go in the form's extra-models field.
 DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
-    # the 4-step Lightning UNet is the default; the 1/2/8-step files (5 GB each) only on request
-    "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"),
+    # the 4-step Lightning UNet is the default; the 1/2/8-step files (5 GB each) only on request;
+    # pose control (pose_image / pose_reference, POST /pose) needs the ControlNet and DWPose
+    "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix", "controlnet-openpose-sdxl", "dwpose"),
     "face": ("face",),
     "whisper": ("whisper-large-v3-turbo",),
     # Spanish first: Resemble's Latin-American Spanish V3 pack (it brings the shared V3 files it needs),
