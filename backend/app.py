@@ -10,7 +10,7 @@ from flask_socketio import SocketIO
 from services.model_env import ModelEnv
 from services.vram import DeviceSpec, VramOffloader
 
-from . import auth
+from . import auth, socket_json
 from .api import ApiRequest
 from .bodies import BodyGuard, UploadSlots
 from .context import Backend
@@ -22,6 +22,7 @@ from .proxies import TrustedProxyFix
 from .routes import face as face_routes
 from .routes import image as image_routes
 from .routes import jobs as job_routes
+from .routes import pose as pose_routes
 from .routes import restore as restore_routes
 from .routes import system as system_routes
 from .routes import tts as tts_routes
@@ -37,6 +38,7 @@ log = logging.getLogger("enfoads")
 # Each family's web module exposes `install(app, backend)`: it builds its service, registers its
 # job kinds, blueprint, Socket.IO namespaces and /v1/models entries.
 FAMILIES: tuple = (
+    pose_routes,  # before image: pose_reference reads photos with its service
     image_routes,
     face_routes,
     restore_routes,  # after face: it detects faces with the face service's pack
@@ -82,7 +84,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # reorders them and costs 15x the p99 at 20 sessions). Handlers must stay quick: long work
     # goes to a thread of its own.
     socketio = SocketIO(app, async_mode="threading", cors_allowed_origins="*" if origins == ["*"] else origins,
-                        max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False)
+                        max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False, json=socket_json)
     # Only namespaces with handlers (ours, each checking the token) accept a CONNECT; `/`, which
     # python-socketio accepts by default with no check, answers CONNECT_ERROR. (Set here: an empty
     # list given to the constructor is read as its default, ['/'].)

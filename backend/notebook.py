@@ -370,10 +370,11 @@ def vram_view(server: Server, *, seconds: float = 3600, interval: float = 2.0):
 # What a ticked family downloads by default: the models its default routes load. Others (the
 # English and Turbo Chatterbox, Kyutai, smaller whispers) go in the form's extra-models field.
 DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
-    # the 4-step Lightning UNet is the default; the 1/2/8-step files (5 GB each) only on request
-    # + both Real-ESRGAN files for /upscale (x4 is the default scale, x2 the other choice; 67 MB each)
-    "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix", "realesrgan-x4plus",
-              "realesrgan-x2plus"),
+    # the 4-step Lightning UNet is the default; the 1/2/8-step files (5 GB each) only on request;
+    # pose control (pose_image / pose_reference, POST /pose) needs the ControlNet and DWPose;
+    # /upscale both Real-ESRGAN files (x4 is the default scale, x2 the other choice; 67 MB each)
+    "image": ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix", "controlnet-openpose-sdxl", "dwpose",
+              "realesrgan-x4plus", "realesrgan-x2plus"),
     # the whole family: buffalo_l, inswapper and GFPGAN (restoring swapped faces is on by default on a GPU)
     "face": ("face",),
     "whisper": ("whisper-large-v3-turbo",),

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     image_max_n: int = Field(4, ge=1, le=16, description="most images one request may ask for")
     image_cache_mb: float = Field(512, ge=0, description="disk kept for cached images; 0 turns the cache off")
     image_magic_prompt_engine: Literal["rules"] = "rules"
+    image_pose_max_pixels: int = Field(
+        40_000_000, ge=1, description="largest pose_image, pose_reference or /pose photo in pixels (413 beyond, "
+                                      "refused before decoding); DWPose runs on the face_execution_provider")
 
     # --- vita ---
     vita_vlm: str = Field("qwen2-vl-2b-instruct", description="manifest key of the assistant's vision-language model")

@@ -40,6 +40,8 @@ MODULES: dict[str, list[str]] = {
     # test_image.py reaches it too, through the tiny SDXL pipeline: minutes per mutant
     "services/image/params.py": ["tests/test_image_params.py"],
     "services/media.py": ["tests/test_media.py"],
+    # test_pose.py reaches it too, through HTTP and the tiny SDXL pipeline: minutes per mutant
+    "services/pose/dwpose.py": ["tests/test_pose_units.py"],
     # test_restore.py reaches them too, through HTTP and the tiny models: slower per mutant
     "services/restore/params.py": ["tests/test_restore_units.py"],
     "services/restore/tiles.py": ["tests/test_restore_units.py"],

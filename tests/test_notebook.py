@@ -24,7 +24,7 @@ def test_self_test_runs_one_real_request_per_installed_family(live_server, make_
     results = {r.family: r for r in SelfTest(server.url, API_KEY, log=lambda m: None).run()}
 
     assert {f: r.status for f, r in results.items()} == dict.fromkeys(
-        ("image", "face", "restore", "whisper", "tts", "vita"), "ok"), {f: r.detail for f, r in results.items()}
+        ("image", "pose", "face", "restore", "whisper", "tts", "vita"), "ok"), {f: r.detail for f, r in results.items()}
     for family in ("tts", "whisper", "face"):
         r = results[family]
         assert r.seconds > 0 and r.load_seconds is not None and r.load_seconds > 0  # first use loads it
@@ -33,6 +33,7 @@ def test_self_test_runs_one_real_request_per_installed_family(live_server, make_
     assert results["whisper"].speed.startswith("RTF ")
     assert results["face"].speed.endswith(" s/image") and "1 face(s) found" in results["face"].detail
     assert results["image"].speed.endswith(" s/image")
+    assert results["pose"].speed.endswith(" s/pose+image") and "1 person(s), 64x64 image" in results["pose"].detail
     assert "128x128 -> 512x512, 1 face(s) restored" in results["restore"].detail
     table = format_results(list(results.values()))
     assert table.splitlines()[0].split()[:3] == ["FAMILY", "STATUS", "REQUEST"]
@@ -99,10 +100,11 @@ def test_prefetch_form_maps_ticks_to_models():
     assert [s.key for s in dl.select(["chatterbox-es-latam"])] == ["chatterbox-v3-shared", "chatterbox-es-latam"]
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         nb.prefetch_names({}, "nope")
-    # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each)
-    # and the Real-ESRGAN files /upscale loads (x4 by default, x2 on request)
+    # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each); pose control's models;
+    # the Real-ESRGAN files /upscale loads (x4 by default, x2 on request)
     assert nb.prefetch_names({"image": True}) == ["sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix",
-                                                  "realesrgan-x4plus", "realesrgan-x2plus"]
+                                                  "controlnet-openpose-sdxl", "dwpose", "realesrgan-x4plus",
+                                                  "realesrgan-x2plus"]
     # face: the family, GFPGAN included (swaps restore their faces by default on a GPU)
     assert "gfpgan-v1.4" in [s.key for s in dl.select(nb.prefetch_names({"face": True}))]
 

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import base64
-import re
 from pathlib import Path
 from typing import Literal
 
 from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from werkzeug.utils import safe_join
 
 from services.face import INSWAPPER, PACK, FaceConfig, FaceService
 from services.face.video import check_video, swap_video
@@ -17,14 +15,12 @@ from services.restore.models import GFPGAN
 
 from ..api import Upload, body_params, doc, ok, raw_json, seed_shape
 from ..context import backend
-from ..errors import ApiError
-from ..job_http import current_owner, run_job
+from ..job_http import run_job
 from ..jobs import BATCH
-from ..uploads import save_upload
+from ..uploads import ASSET_RE, input_file
 
 bp = Blueprint("face", __name__)
 TAGS = ["face"]
-_ASSET = re.compile(r"^([0-9a-f]{32})/([\w][\w.-]{0,200})$")
 _SERVICE_KEY = "enfoads.face"
 
 ERRORS = {400: "bad parameter, unreadable image or face index out of range", 413: "image or video too large",
@@ -32,7 +28,7 @@ ERRORS = {400: "bad parameter, unreadable image or face index out of range", 413
           "get them) or the CUDA provider failed to start"}
 
 
-ASSET = {"pattern": _ASSET.pattern}  # documents the `<job_id>/<file name>` form the route checks
+ASSET = {"pattern": ASSET_RE.pattern}  # documents the `<job_id>/<file name>` form the route checks
 
 
 class _Options(BaseModel):
@@ -123,30 +119,8 @@ def _service() -> FaceService:
     return current_app.extensions[_SERVICE_KEY]
 
 
-def _asset(field: str, value: str) -> Path:
-    param = f"{field}_asset"
-    match = _ASSET.match(value.strip())
-    job = backend().jobs.get(match.group(1)) if match else None
-    if job is None or job.owner != current_owner():
-        raise ApiError(404 if match else 400, f"{param}: no output '{value}' among your jobs "
-                       "(expected `<job_id>/<file name>`)", param=param, code="asset_not_found")
-    path = safe_join(str(backend().settings.outputs_dir / job.id), match.group(2))
-    if path is None or not Path(path).is_file():
-        raise ApiError(404, f"{param}: job {job.id} has no file '{match.group(2)}'", param=param,
-                       code="asset_not_found")
-    return Path(path)
-
-
 def _input(field: str, opts: BaseModel) -> Path:
-    """The file for `field`: a multipart upload, base64 in JSON, or one of the caller's job outputs."""
-    path = save_upload(field, json_body=raw_json(), required=False)
-    if path is not None:
-        return path
-    asset = getattr(opts, f"{field}_asset", None)
-    if asset:
-        return _asset(field, asset)
-    raise ApiError(400, f"{field}: a file is required (multipart field '{field}', base64 in JSON, or "
-                   f"{field}_asset)", param=field, code="missing_file")
+    return input_file(field, getattr(opts, f"{field}_asset", None), json_body=raw_json())
 
 
 def _restore(opts) -> float | None:
