@@ -99,6 +99,18 @@ def test_tiled_equals_untiled_and_no_overlap_shows_seams(upscalers, key, scale):
     assert not np.array_equal(whole, run(16, 0))
 
 
+def test_run_model_is_the_descriptor_on_0_1_pixels(upscalers):
+    import torch
+
+    model = upscalers["realesrgan-x4plus"].model
+    crop = noise(12, 8, seed=9)
+    out = tiles.run_model(model, crop)
+    assert out.dtype == np.uint8 and out.shape == (32, 48, 3)
+    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
+    expected = (model(x)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(out, expected)
+
+
 def test_progress_per_tile_and_cancel_between_tiles(upscalers):
     model = upscalers["realesrgan-x4plus"].model
     ran = []

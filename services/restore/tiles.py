@@ -49,7 +49,8 @@ def run_model(model, crop: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).unsqueeze(0)
         x = x.to(device=model.device, dtype=model.dtype).div_(255)
         y = model(x)
-        pixels = y[0].float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0)
+        # spandrel's descriptor already clamps its output to [0, 1]
+        pixels = y[0].float().mul_(255).round_().to(torch.uint8).permute(1, 2, 0)
         return pixels.cpu().numpy()
 
 
