@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         60, gt=0, description="a worker silent on Redis this long is dead: its job goes to another worker")
     cluster_maintenance_share: float = Field(
         0.1, gt=0, le=1, description="share of a worker's Redis polls that also look for dead workers' jobs")
+    cluster_poll_max_ms: int = Field(
+        250, ge=10, le=5000, description="worker: longest wait between polls of an idle queue (the delay a new "
+                                         "job may sit in Redis; each poll is a Redis command)")
     cluster_worker_lost_s: float = Field(
         120, gt=0, description="front: a running job whose worker has not reported for this long is lost "
                                "(queued again while attempts remain, else failed: worker lost)")

@@ -300,7 +300,8 @@ class Worker:
                        options={"max_retries": 0})
         queues = {queue_name(f) for f in self.settings.worker_families}
         # One job at a time (one GPU) and no message held while it runs, so an idle worker takes the next.
-        self._dramatiq = dramatiq.Worker(self.broker, queues=queues, worker_threads=1)
+        self._dramatiq = dramatiq.Worker(self.broker, queues=queues, worker_threads=1,
+                                        worker_timeout=self.settings.cluster_poll_max_ms)
         self._dramatiq.queue_prefetch = 1
         self._dramatiq.start()
         for q in sorted(queues):
