@@ -269,7 +269,8 @@ class Worker:
                                             ("--families / ENFOADS_WORKER_FAMILIES", settings.worker_families))
                    if not value]
         if missing:
-            raise SystemExit(f"error: the worker needs {', '.join(missing)}")
+            raise SystemExit(f"error: the worker needs {', '.join(missing)} (in a notebook: the secrets "
+                             "ENFOADS_REDIS_URL and ENFOADS_WORKER_KEY, FRONT_URL and WORKER_FAMILIES)")
         self.settings = settings
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.front = FrontClient(settings.front_url, settings.worker_key.get_secret_value())
