@@ -201,6 +201,12 @@ class ClusterJobManager(JobManager):
         per_job = sum(durations) / len(durations) if durations else 5.0
         return max(1, int(per_job * (self.queue_length(lane) + 1) + 0.999))
 
+    def purge_expired(self) -> list[str]:
+        ids = super().purge_expired()
+        for job_id in ids:
+            self.leases.delete(job_id)
+        return ids
+
     # --- the workers' side (backend/routes/cluster.py) ---------------------------------------
     def worker_start(self, job_id: str, worker: str) -> dict:
         """A worker took the job's message: a new attempt with a new lease, or LeaseLost to drop it."""
