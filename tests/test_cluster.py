@@ -19,8 +19,8 @@ from tests.conftest import API_KEY
 H = {"Authorization": f"Bearer {API_KEY}"}
 ASYNC = {**H, "Prefer": "respond-async"}
 WORKER_KEY = "enfw-test-worker-key"
-LOST_S = 3.0  # the front calls a silent worker lost after this long
-CLUSTER_ENV = {"ENFOADS_CLUSTER_HEARTBEAT_TIMEOUT_S": "3", "ENFOADS_CLUSTER_MAINTENANCE_SHARE": "1",
+LOST_S = 5.0  # the front calls a silent worker lost after this long (beats every 0.8 s)
+CLUSTER_ENV = {"ENFOADS_CLUSTER_HEARTBEAT_TIMEOUT_S": "4", "ENFOADS_CLUSTER_MAINTENANCE_SHARE": "1",
                "ENFOADS_FACE_DET_SIZE": "256"}
 
 
@@ -38,7 +38,7 @@ class Cluster:
         return load_settings(profile="smoke", device="cpu", data_dir=self.tmp / "front", models_dir=self.models,
                              api_key=API_KEY, worker_key=WORKER_KEY, redis_url=self.redis.url, port=self.port,
                              job_wait_seconds=60, queue_max=3, face_det_size=256, cluster_worker_lost_s=LOST_S,
-                             cluster_max_attempts=2, cluster_heartbeat_timeout_s=3, cluster_maintenance_share=1.0)
+                             cluster_max_attempts=2, cluster_heartbeat_timeout_s=4, cluster_maintenance_share=1.0)
 
     def start_front(self):
         self.front = Server(self.settings())
