@@ -304,6 +304,8 @@ class Worker:
         self._dramatiq = dramatiq.Worker(self.broker, queues=queues, worker_threads=1,
                                         worker_timeout=self.settings.cluster_poll_max_ms)
         self._dramatiq.queue_prefetch = 1
+        # What Dramatiq's own CLI would emit: TimeLimit starts its watchdog thread on it.
+        self.broker.emit_after("process_boot")
         self._dramatiq.start()
         for q in sorted(queues):
             self.broker.declare_queue(q)

@@ -254,6 +254,19 @@ def test_a_job_whose_last_worker_dies_fails_as_worker_lost(cluster, tmp_path):
     assert r.json()["status"] == "failed"
 
 
+def test_a_job_past_its_time_limit_fails_and_the_worker_goes_on(cluster):
+    cluster.start_worker("w3", families="test").wait_ready()  # the earlier tests killed the others
+    cluster.jobs.time_limit_s = 1.0  # what ENFOADS_CLUSTER_JOB_TIME_LIMIT_S sets; each message carries it
+    try:
+        r = cluster.run("test.sleep", {"seconds": 4, "steps": 8}, headers=H)
+    finally:
+        cluster.jobs.time_limit_s = cluster.settings().cluster_job_time_limit_s
+    assert r.status_code == 503 and r.json()["error"]["code"] == "time_limit", r.text
+    assert cluster.job(r.json()["error"]["job_id"])["status"] == "failed"
+    r = cluster.run("test.sleep", {"seconds": 0.05}, headers=H)
+    assert r.status_code == 200, r.text
+
+
 def test_redis_down_new_jobs_503_status_and_files_still_served(cluster, tmp_path):
     done = cluster.jobs.store.list(owner=None, status="succeeded", limit=50)
     with_file = next(j for j in done if j.kind == "test.hold")
