@@ -205,12 +205,17 @@ def face_config(settings, models_dir: Path, profile: str, device: str) -> FaceCo
         video_max_pixels=settings.face_video_max_pixels)
 
 
-def install(app, b) -> None:
-    env = b.model_env
-    service = FaceService(env, face_config(b.settings, env.models_dir, env.profile, env.device))
+def job_handlers(settings, env) -> tuple[FaceService, dict]:
+    """The service and its job handlers: the front and `python -m backend.worker` build the same."""
+    service = FaceService(env, face_config(settings, env.models_dir, env.profile, env.device))
     service.register()
+    return service, _handlers(service)
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env)
     app.extensions[_SERVICE_KEY] = service
-    for kind, handler in _handlers(service).items():
+    for kind, handler in handlers.items():
         b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     # The `onnx` dicts are filled in place when each model loads: /diagnostics shows the providers

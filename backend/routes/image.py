@@ -21,6 +21,7 @@ from ..errors import ApiError
 from ..job_http import run_job
 from ..jobs import Job
 from ..uploads import ASSET_RE, input_file
+from . import pose as pose_routes
 
 bp = Blueprint("image", __name__)
 
@@ -260,17 +261,25 @@ def magic_prompt_styles():
                "data": [{"id": name, "prefix": before, "suffix": after} for name, (before, after) in STYLES.items()]})
 
 
-def install(app, b) -> None:
-    s = b.settings
+def job_handlers(s, env, pose=None) -> tuple[ImageService, dict]:
+    """The service and its job handlers (generation and /pose, both image work): the front and
+    `python -m backend.worker` build the same."""
     limits = ImageLimits(max_width=s.image_max_width, max_height=s.image_max_height, min_side=s.image_min_side,
                          max_n=s.image_max_n, default_width=min(s.image_default_width, s.image_max_width),
                          default_height=min(s.image_default_height, s.image_max_height),
                          default_steps=s.image_default_steps, max_pose_pixels=s.image_pose_max_pixels)
     cache = ImageCache(s.data_dir / "cache" / "images", int(s.image_cache_mb * 1024**2))
-    service = ImageService(b.model_env, limits, cache, pose=app.extensions.get("enfoads.pose"))
+    pose, pose_handlers = pose_routes.job_handlers(s, env, pose)
+    service = ImageService(env, limits, cache, pose=pose)
+    return service, {JOB_KIND: service.run_job, **pose_handlers}
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env, pose=app.extensions.get(pose_routes.SERVICE_KEY))
     app.extensions["enfoads.image"] = service
-    app.extensions["enfoads.magic_prompt"] = make_expander(s.image_magic_prompt_engine)
-    b.jobs.register(JOB_KIND, service.run_job)
+    app.extensions["enfoads.magic_prompt"] = make_expander(b.settings.image_magic_prompt_engine)
+    for kind, handler in handlers.items():
+        b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     for steps in STEPS:
         b.models.append({"id": model_id(steps), "family": "image", "available": service.available(steps)})
