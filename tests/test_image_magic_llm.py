@@ -30,6 +30,11 @@ def vlm_only(models, tmp_path):
     return root
 
 
+def llm_settings(make_settings, models_dir, **overrides):
+    # 16 new tokens: the tiny random model writes noise anyway, and runs ~60 ms a token on 2 shared cores
+    return make_settings(models_dir=models_dir, image_magic_prompt_max_new_tokens=16, **overrides)
+
+
 def magic(server, body):
     return requests.post(f"{server.url}/magic-prompt", json=body, headers=H, timeout=60)
 
@@ -41,7 +46,7 @@ def clip_tokens(models, text):
 
 
 def test_auto_picks_the_llm_and_the_prompt_fits_clip(live_server, make_settings, models):
-    server = live_server(make_settings(models_dir=models))
+    server = live_server(llm_settings(make_settings, models))
     r = magic(server, {"idea": IDEA, "style": "product"})
     assert r.status_code == 200, r.text
     data = r.json()
@@ -57,11 +62,11 @@ def test_auto_picks_the_llm_and_the_prompt_fits_clip(live_server, make_settings,
 
 
 def test_rules_by_name_or_by_setting_with_the_model_present(live_server, make_settings, models):
-    server = live_server(make_settings(models_dir=models))
+    server = live_server(llm_settings(make_settings, models))
     data = magic(server, {"idea": IDEA, "engine": "rules"}).json()
     assert data["engine"] == "rules" and data["subject"] == "red sneakers in the beach at sunset"
     assert data["tokens"] == clip_tokens(models, data["prompt"])
-    server = live_server(make_settings(models_dir=models, image_magic_prompt_engine="rules"))
+    server = live_server(llm_settings(make_settings, models, image_magic_prompt_engine="rules"))
     assert magic(server, {"idea": IDEA}).json()["engine"] == "rules"
     assert magic(server, {"idea": IDEA, "engine": "llm"}).json()["engine"] == "llm"
 
@@ -69,7 +74,7 @@ def test_rules_by_name_or_by_setting_with_the_model_present(live_server, make_se
 def test_without_the_sdxl_tokenizer_an_estimate_keeps_the_llm_prompt_short(live_server, make_settings, vlm_only):
     from services.image.prompt_tokens import estimate_tokens
 
-    server = live_server(make_settings(models_dir=vlm_only))
+    server = live_server(llm_settings(make_settings, vlm_only))
     data = magic(server, {"idea": "a lighthouse by the sea", "style": "cinematic"}).json()
     assert data["engine"] == "llm" and data["tokenizer"] == "estimate"
     assert data["tokens"] == estimate_tokens(data["prompt"]) <= 77
@@ -131,7 +136,7 @@ def with_model(fake, **attrs):
 @pytest.mark.parametrize("fake,reason", [(Failing(), "failed (RuntimeError: CUDA error"),
                                          (Failing(" \n``` \n"), "failed (EmptyAnswer")])
 def test_a_failing_model_falls_back_to_rules_with_a_warning(live_server, make_settings, models, caplog, fake, reason):
-    server = live_server(make_settings(models_dir=models), setup=with_model(fake))
+    server = live_server(llm_settings(make_settings, models), setup=with_model(fake))
     with caplog.at_level(logging.WARNING, logger="enfoads.image"):
         for engine in ("auto", "llm"):
             r = magic(server, {"idea": IDEA, "engine": engine})
@@ -144,7 +149,7 @@ def test_a_failing_model_falls_back_to_rules_with_a_warning(live_server, make_se
 
 def test_a_model_past_its_deadline_is_cancelled_and_rules_answer(live_server, make_settings, models, wait_for):
     fake = NeverAnswers()
-    server = live_server(make_settings(models_dir=models), setup=with_model(fake, timeout_s=0.2))
+    server = live_server(llm_settings(make_settings, models), setup=with_model(fake, timeout_s=0.2))
     data = magic(server, {"idea": IDEA}).json()
     assert data["engine"] == "rules" and "did not answer within 0.2 s" in data["warnings"][0]
     wait_for(fake.cancelled.is_set)  # the generation was told to stop, not left running
@@ -158,7 +163,7 @@ def test_the_idea_goes_to_the_model_with_the_style(live_server, make_settings, m
             seen.update(system=system, user=user_text)
             return 'Answer: "red sneakers on a sunny beach, gentle waves"'
 
-    server = live_server(make_settings(models_dir=models), setup=with_model(Recording()))
+    server = live_server(llm_settings(make_settings, models), setup=with_model(Recording()))
     data = magic(server, {"idea": IDEA, "style": "anime"}).json()
     assert "anime artwork" in seen["system"] and seen["user"] == f"Idea (Spanish): {IDEA}"
     assert data["engine"] == "llm" and data["subject"] == "red sneakers on a sunny beach, gentle waves"

@@ -90,7 +90,8 @@ class MagicPromptBody(BaseModel):
     engine: Literal["auto", "rules", "llm"] | None = Field(
         None, description="rules: the glossary, instant; llm: the local language model; auto: llm when its model "
                           "is present, else rules. Default from settings (auto). When the llm's model is missing, "
-                          "fails or is slow, the rules answer, with a warning; 'engine' in the answer says which wrote it")
+                          "fails or is slow, the rules answer, with a warning; 'engine' in the answer says which "
+                          "wrote it")
 
 
 def _service() -> ImageService:
