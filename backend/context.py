@@ -25,6 +25,7 @@ class Backend:
     models: list[dict] = field(default_factory=list)  # /v1/models entries added by each family
     whisper: Any = None  # services.whisper WhisperService, once its family is installed
     tts: Any = None  # services.tts TtsService, likewise (the realtime assistant uses both)
+    vlms: dict = field(default_factory=dict)  # manifest key -> VlmBrain, shared by VITA and the magic prompt (vlm.py)
 
 
 def backend() -> Backend:

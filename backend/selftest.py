@@ -330,8 +330,18 @@ class SelfTest:
         outcome = exchange.run(resample(samples, rate, VITA_RATE))
         latency = outcome["latency"]
         detail = (f"{what}: heard {outcome['transcript'][:40]!r}, said {outcome['response'][:40]!r}, "
-                  f"{outcome['audio_seconds']:.1f} s of reply audio")
+                  f"{outcome['audio_seconds']:.1f} s of reply audio; {self._magic_prompt_llm()}")
         return (lambda s: f"reply after {latency:.2f} s"), detail
+
+    def _magic_prompt_llm(self) -> str:
+        """The magic prompt's llm engine runs the assistant's model: check it writes a prompt too."""
+        start = time.monotonic()
+        r = self._check(self.http.post(f"{self.url}/magic-prompt", json={"idea": "un faro junto al mar",
+                                                                          "engine": "llm"}, timeout=self.timeout))
+        body = r.json()
+        if body["engine"] != "llm":
+            raise SelfTestError(f"the magic prompt's llm engine did not answer: {'; '.join(body['warnings'])}")
+        return f"magic prompt by the llm in {time.monotonic() - start:.2f} s ({body['tokens']} CLIP tokens)"
 
 
 class _Unavailable(Exception):

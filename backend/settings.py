@@ -165,7 +165,16 @@ class Settings(BaseSettings):
     image_default_steps: Literal[1, 2, 4, 8] = 4
     image_max_n: int = Field(4, ge=1, le=16, description="most images one request may ask for")
     image_cache_mb: float = Field(512, ge=0, description="disk kept for cached images; 0 turns the cache off")
-    image_magic_prompt_engine: Literal["rules"] = "rules"
+    image_magic_prompt_engine: Literal["auto", "rules", "llm"] = Field(
+        "auto", description="engine of /magic-prompt when a request names none; auto: llm when its model is "
+                            "present, else rules")
+    image_magic_prompt_model: str | None = Field(
+        None, description="manifest key of the Qwen2-VL model the llm engine runs as a text model; default: "
+                          "vita_vlm (the assistant's, so nothing more to download)")
+    image_magic_prompt_timeout_s: float = Field(
+        30, gt=0, description="the llm engine's deadline (a cold model load included); past it, the rules "
+                              "engine answers, with a warning")
+    image_magic_prompt_max_new_tokens: int = Field(96, ge=8, le=512, description="most tokens the llm engine writes")
     image_pose_max_pixels: int = Field(
         40_000_000, ge=1, description="largest pose_image, pose_reference or /pose photo in pixels (413 beyond, "
                                       "refused before decoding); DWPose runs on the face_execution_provider")

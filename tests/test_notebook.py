@@ -34,6 +34,7 @@ def test_self_test_runs_one_real_request_per_installed_family(live_server, make_
     assert results["face"].speed.endswith(" s/image") and "1 face(s) found" in results["face"].detail
     assert results["image"].speed.endswith(" s/image")
     assert results["pose"].speed.endswith(" s/pose+image") and "1 person(s), 64x64 image" in results["pose"].detail
+    assert "magic prompt by the llm in " in results["vita"].detail  # the assistant's model writes prompts too
     table = format_results(list(results.values()))
     assert table.splitlines()[0].split()[:3] == ["FAMILY", "STATUS", "REQUEST"]
 
