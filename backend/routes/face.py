@@ -128,7 +128,7 @@ def _asset(field: str, value: str) -> Path:
     return Path(path)
 
 
-def _input(field: str, opts: BaseModel) -> Path:
+def input_file(field: str, opts: BaseModel) -> Path:
     """The file for `field`: a multipart upload, base64 in JSON, or one of the caller's job outputs."""
     path = save_upload(field, json_body=raw_json(), required=False)
     if path is not None:
@@ -148,7 +148,7 @@ def _input(field: str, opts: BaseModel) -> Path:
      responses=ERRORS)
 def detect():
     opts = body_params(DetectOptions)
-    image = _input("image", opts)
+    image = input_file("image", opts)
     params = {"image": str(image), "embedding": opts.embedding, "landmarks": opts.landmarks}
     return run_job("face.detect", params, lambda job: ok({"job_id": job.id, **job.result}))
 
@@ -159,8 +159,8 @@ def detect():
      tags=TAGS, body=SwapOptions, form=SwapOptions, files=SWAP_FILES, responses=ERRORS, content_type="image/png")
 def face_swap():
     opts = body_params(SwapOptions)
-    source = _input("source", opts)
-    target = _input("target", opts)
+    source = input_file("source", opts)
+    target = input_file("target", opts)
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
               "target_indices": opts.target_indices, "output_format": opts.output_format, "quality": opts.quality}
 
@@ -191,8 +191,8 @@ def face_swap():
             "target": Upload("the video whose faces are replaced", VIDEO, instead="target_asset")})
 def face_swap_video():
     opts = body_params(VideoSwapOptions)
-    source = _input("source", opts)
-    target = _input("target", opts)
+    source = input_file("source", opts)
+    target = input_file("target", opts)
     check_video(target, _service().cfg)  # refuse before queueing what cannot be processed
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
               "target_indices": opts.target_indices}

@@ -49,17 +49,17 @@ REAL: dict = {
 # Scaled-down channels, same keys: max_features = reshape_channel * reshape_depth must hold, and
 # the warped volume (block_expansion * 2**num_down_blocks) must match G's input.
 TINY: dict = {
-    "input_size": 64,
-    "appearance_feature_extractor": {"image_channel": 3, "block_expansion": 8, "num_down_blocks": 2,
-                                     "max_features": 32, "reshape_channel": 4, "reshape_depth": 8,
+    "input_size": 32,
+    "appearance_feature_extractor": {"image_channel": 3, "block_expansion": 4, "num_down_blocks": 2,
+                                     "max_features": 16, "reshape_channel": 4, "reshape_depth": 4,
                                      "num_resblocks": 1},
     "motion_extractor": {"num_kp": NUM_KP, "depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]},
-    "warping_module": {"num_kp": NUM_KP, "block_expansion": 8, "max_features": 32, "num_down_blocks": 2,
+    "warping_module": {"num_kp": NUM_KP, "block_expansion": 4, "max_features": 16, "num_down_blocks": 2,
                        "reshape_channel": 4, "estimate_occlusion_map": True,
-                       "dense_motion_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2,
-                                               "reshape_depth": 8, "compress": 2}},
-    "spade_generator": {"upscale": 2, "block_expansion": 8, "max_features": 32, "num_down_blocks": 2,
-                        "out_channels": 8, "spade_hidden": 8},
+                       "dense_motion_params": {"block_expansion": 4, "max_features": 8, "num_blocks": 2,
+                                               "reshape_depth": 4, "compress": 1}},
+    "spade_generator": {"upscale": 2, "block_expansion": 4, "max_features": 16, "num_down_blocks": 2,
+                        "out_channels": 4, "spade_hidden": 4},
     "stitching_retargeting_module": {
         "stitching": {"input_size": 2 * 3 * NUM_KP, "hidden_sizes": [16, 16], "output_size": 3 * NUM_KP + 2},
         "lip": {"input_size": 3 * NUM_KP + 2, "hidden_sizes": [16, 16], "output_size": 3 * NUM_KP},
