@@ -109,3 +109,30 @@ def map_video(src: Path, out_path: Path, fn: FrameFn, info: media.MediaInfo, *, 
     return {"frames": frames, "fps": round(float(rate), 3), "width": width, "height": height,
             "duration": round(info.duration, 3),
             "audio": None if ain is None else ("copied" if copy_audio else "aac")}
+
+
+def write_video(frames, out_path: Path, *, fps: int, width: int, height: int, samples: np.ndarray | None = None,
+                sample_rate: int = 16000) -> None:
+    """BGR frames (an iterable) at `fps` into an H.264 MP4, with mono float `samples` as AAC."""
+    import av
+
+    with av.open(str(out_path), "w", format="mp4") as out:
+        vout = add_video_stream(out, Fraction(fps), width, height)
+        aout = out.add_stream("aac", rate=sample_rate, layout="mono") if samples is not None else None
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for p in vout.encode(frame):
+                out.mux(p)
+        for p in vout.encode(None):
+            out.mux(p)
+        if aout is not None:
+            pcm = (np.clip(np.asarray(samples, np.float32).reshape(-1), -1, 1) * 32767).astype("<i2").reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = sample_rate
+            resampler = av.AudioResampler(format=aout.codec_context.format.name, layout="mono", rate=sample_rate)
+            for chunk in [*resampler.resample(frame), *resampler.resample(None)]:
+                for p in aout.encode(chunk):
+                    out.mux(p)
+            for p in aout.encode(None):
+                out.mux(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.animate.config import MODEL_KEY
@@ -13,12 +13,16 @@ from services.animate.crop import DEFAULT_CROP_SCALE
 from services.animate.pipeline import MAX_ANGLE
 from services.animate.service import AnimateConfig, AnimateService
 from services.media import image_mime
+from services.tts.service import SpeechRequest
 
 from ..api import Upload, body_params, doc, ok
 from ..context import backend
+from ..errors import ApiError
 from ..job_http import run_job
 from ..jobs import BATCH
 from .face import ASSET, IMAGE, VIDEO, input_file
+
+AUDIO = "audio/*"
 
 bp = Blueprint("animate", __name__)
 TAGS = ["animate"]
@@ -61,6 +65,17 @@ class ExpressionOptions(_Options):
     output_format: Literal["png", "jpeg", "webp"] = "png"
     quality: int = Field(92, ge=1, le=100, description="jpeg/webp quality")
     response_format: Literal["image", "url"] = Field("image", description="image: the file; url: JSON with a link")
+
+
+class TalkingHeadOptions(_Options):
+    audio_asset: str | None = Field(None, description="speech from one of your jobs (e.g. a /tts output)",
+                                    json_schema_extra=ASSET)
+    audio: str | None = Field(None, description="JSON only: the speech as base64 (multipart: a file field `audio`)")
+    text: str | None = Field(None, max_length=5000, description="instead of `audio`: text our TTS speaks")
+    voice: str | None = Field(None, description="TTS voice for `text` (default: the server's)")
+    language: str | None = Field(None, description="language of `text` (default: the server's, es)")
+    paste_back: bool = True
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="varies the blink timing")
 
 
 SOURCE = Upload("the portrait (one face, or choose with face_index)", IMAGE, instead="source_asset")
@@ -113,7 +128,32 @@ def expression():
     return run_job("animate.expression", params, render)
 
 
-def _handlers(service: AnimateService):
+@bp.post("/talking-head")
+@doc(summary="A talking head: the portrait speaks an audio file or a text (our TTS), lips from the speech, "
+     "blinks and idle head motion (a job: per-frame progress, cancel)", tags=TAGS, body=TalkingHeadOptions,
+     form=TalkingHeadOptions, responses=ERRORS,
+     files={"source": SOURCE, "audio": Upload("the speech (any audio PyAV decodes); or send `text`", AUDIO,
+                                              instead="audio_asset")})
+def talking_head():
+    opts = body_params(TalkingHeadOptions)
+    source = input_file("source", opts)
+    params = {"source": str(source), "face_index": opts.face_index, "crop_scale": opts.crop_scale,
+              "paste_back": opts.paste_back, "seed": opts.seed, "audio": None, "speech": None}
+    if opts.text is not None:
+        if opts.audio is not None or opts.audio_asset is not None or "audio" in request.files:
+            raise ApiError(400, "send either `audio` or `text`, not both", param="text", code="invalid_parameter")
+        req = SpeechRequest(text=opts.text, voice=opts.voice, language=opts.language)
+        current_app.extensions["enfoads.tts"].plan(req, text_param="text")  # 400/404/503 now, not in the job
+        params["speech"] = {"text": req.text, "voice": req.voice, "language": req.language}
+    else:
+        audio = input_file("audio", opts)
+        _service().check_audio(audio)
+        params["audio"] = str(audio)
+    return run_job("animate.talking_head", params, lambda job: ok(
+        {"job_id": job.id, "url": f"/jobs/{job.id}/files/{job.result['file']}", **job.result}), lane=BATCH)
+
+
+def _handlers(service: AnimateService, tts):
     def video_job(params: dict, ctx) -> dict:
         return service.animate_video(
             Path(params["source"]), Path(params["driving"]), ctx.output_dir / "animated.mp4",
@@ -129,7 +169,19 @@ def _handlers(service: AnimateService):
             roll=params["roll"], face_index=params["face_index"], crop_scale=params["crop_scale"],
             paste_back=params["paste_back"], fmt=fmt, quality=params["quality"])
 
-    return {"animate.video": video_job, "animate.expression": expression_job}
+    def talking_job(params: dict, ctx) -> dict:
+        if params["audio"] is not None:
+            samples, rate = service.read_speech(Path(params["audio"]))
+            param = "audio"
+        else:
+            plan = tts.plan(SpeechRequest(**params["speech"]), text_param="text")
+            samples, rate, param = tts.synthesize(plan), plan.sample_rate, "text"
+        return service.talking_head(Path(params["source"]), samples, rate, ctx.output_dir / "talking_head.mp4",
+                                    face_index=params["face_index"], crop_scale=params["crop_scale"],
+                                    paste_back=params["paste_back"], seed=params["seed"], progress=ctx.progress,
+                                    param=param)
+
+    return {"animate.video": video_job, "animate.expression": expression_job, "animate.talking_head": talking_job}
 
 
 def animate_config(settings) -> AnimateConfig:
@@ -141,7 +193,7 @@ def install(app, b) -> None:
     service = AnimateService(b.model_env, animate_config(b.settings))
     service.register()
     app.extensions[_SERVICE_KEY] = service
-    for kind, handler in _handlers(service).items():
+    for kind, handler in _handlers(service, app.extensions.get("enfoads.tts")).items():
         b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     b.models.append({"id": MODEL_KEY, "family": "animate", "available": service.available()})

@@ -166,3 +166,13 @@ def expression_keypoints(lp: LivePortrait, src: Source, *, eye_open=None, lip_op
                          roll=0.0) -> torch.Tensor:
     kp = keypoints(src.info, pitch, yaw, roll)
     return retarget(lp, src, kp, eye_open=eye_open, lip_open=lip_open)
+
+
+def speaking_keypoints(lp: LivePortrait, src: Source, *, lip_open: float, eye_open: float,
+                       pose: dict[str, float]) -> torch.Tensor:
+    """A talking-head frame: the source's keypoints turned by the idle `pose` (degrees), its eyes at
+    `eye_open` (0..1) of their own openness, its mouth at `lip_open` (0..1)."""
+    kp = keypoints(src.info, pose.get("pitch", 0.0), pose.get("yaw", 0.0), pose.get("roll", 0.0))
+    eyes = torch.tensor([[src.eye[0], src.eye[1], float(np.mean(src.eye)) * float(eye_open)]], device=kp.device)
+    lips = torch.tensor([[src.lip, LIP_RANGE[1] * float(lip_open)]], device=kp.device)
+    return kp + lp.retarget_eye(src.kp, eyes) + lp.retarget_lip(src.kp, lips)

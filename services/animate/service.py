@@ -14,13 +14,13 @@ import numpy as np
 from prefetch.manifest import vram_estimate
 
 from .. import media
-from ..errors import InvalidInput, ModelUnavailable, Unprocessable, UnsupportedMedia
+from ..errors import InvalidInput, ModelUnavailable, TooLarge, Unprocessable, UnsupportedMedia
 from ..face.models import PACK
 from ..face.service import encode_bgr, read_image
 from ..model_env import ModelEnv
-from ..video_frames import map_video
+from ..video_frames import map_video, write_video
 from ..vram import Runtime
-from . import pipeline
+from . import pipeline, speech
 from .config import MODEL_KEY
 from .model import LivePortrait
 
@@ -139,5 +139,75 @@ class AnimateService:
             out_path.unlink(missing_ok=True)
             raise Unprocessable("no face found in any frame of the driving video", param="driving", code="no_face")
         return {"file": out_path.name, **stats, "frames_without_face": state["missing"],
+                "faces_found": src.faces_found, "face_index": src.face_index,
+                "face_box": src.crop.box(image.shape[1], image.shape[0]) if paste_back else None}
+
+    # --- talking head -------------------------------------------------------------------
+    def read_speech(self, path: Path, param: str = "audio") -> tuple[np.ndarray, int]:
+        """A speech file as 16 kHz mono samples; 413 past the limit, 400/415 when not audio."""
+        rate = 16000
+        try:
+            samples = media.decode_audio(path, rate, max_seconds=self.cfg.max_seconds)
+        except (InvalidInput, UnsupportedMedia, TooLarge) as exc:
+            raise type(exc)(exc.message.replace("the file", "the audio"), param=param, code=exc.code) from None
+        self.check_speech(samples, rate, param)
+        return samples, rate
+
+    def check_audio(self, path: Path, param: str = "audio") -> None:
+        """Before queueing: an audio stream (400), not over the limit by its container's word (413);
+        the decoded length is checked again in the job."""
+        try:
+            info = media.probe(path)
+        except (InvalidInput, UnsupportedMedia) as exc:
+            raise type(exc)(exc.message.replace("the file", "the audio"), param=param, code=exc.code) from None
+        if not info.has_audio:
+            raise InvalidInput("the audio file has no audio stream", param=param, code="no_audio")
+        if info.duration > self.cfg.max_seconds:
+            raise TooLarge(f"the speech lasts {info.duration:.1f} s; the limit is {self.cfg.max_seconds:g} s",
+                           param=param, code="too_long")
+
+    def check_speech(self, samples: np.ndarray, rate: int, param: str) -> None:
+        seconds = samples.size / rate
+        if seconds > self.cfg.max_seconds:
+            raise TooLarge(f"the speech lasts {seconds:.1f} s; the limit is {self.cfg.max_seconds:g} s",
+                           param=param, code="too_long")
+        if samples.size == 0:
+            raise InvalidInput("the audio has no samples", param=param, code="empty_audio")
+
+    def talking_head(self, source: Path, samples: np.ndarray, rate: int, out_path: Path, *,
+                     face_index: int | None = None, crop_scale: float = 2.3, paste_back: bool = True,
+                     seed: int = 0, progress: Progress | None = None, param: str = "audio") -> dict:
+        self.check_speech(samples, rate, param)
+        image = self.read(source, "source")
+        src = self._source(image, face_index, crop_scale)
+        fps = speech.FPS
+        frames = max(1, round(samples.size / rate * fps))
+        lips = speech.lip_curve(speech.envelope(samples, rate, frames, fps))
+        eyes = speech.blink_curve(frames, fps, seed)
+        report = progress or (lambda f, m: None)
+        vram = self.env.vram
+
+        def render_all():
+            for i in range(frames):
+                with vram.acquire(MODEL_KEY) as lp:
+                    kp = pipeline.speaking_keypoints(lp, src, lip_open=lips[i], eye_open=eyes[i],
+                                                     pose=speech.idle_pose(i, fps))
+                    rendered = pipeline.render(lp, src, kp)
+                yield pipeline.compose(src, rendered, paste=paste_back)
+                report(min((i + 1) / frames, 0.99), f"frame {i + 1}/{frames}")
+
+        width, height = (image.shape[1], image.shape[0]) if paste_back else (src.crop.size, src.crop.size)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write_video(render_all(), out_path, fps=fps, width=width, height=height, samples=samples,
+                        sample_rate=rate)
+        except BaseException:
+            out_path.unlink(missing_ok=True)
+            raise
+        report(1.0, f"{frames} frames")
+        return {"file": out_path.name, "frames": frames, "fps": fps, "width": width, "height": height,
+                "duration": round(frames / fps, 3), "speech_seconds": round(samples.size / rate, 3),
+                "blinks": int(np.sum((eyes[1:] < 0.5) & (eyes[:-1] >= 0.5))),
+                "lip_open": [round(float(v), 3) for v in lips],
                 "faces_found": src.faces_found, "face_index": src.face_index,
                 "face_box": src.crop.box(image.shape[1], image.shape[0]) if paste_back else None}
