@@ -40,6 +40,9 @@ MODULES: dict[str, list[str]] = {
     # test_image.py reaches it too, through the tiny SDXL pipeline: minutes per mutant
     "services/image/params.py": ["tests/test_image_params.py"],
     "services/media.py": ["tests/test_media.py"],
+    # test_animate*.py reach them too, through the tiny LivePortrait over HTTP: minutes per mutant
+    "services/animate/speech.py": ["tests/test_animate_units.py"],
+    "services/animate/crop.py": ["tests/test_animate_units.py"],
 }
 # Test files that import torch (directly or through the model code) run their mutants from a fork
 # server that never ran a test itself: forking a process whose torch thread pools are running can hang.
