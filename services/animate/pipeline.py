@@ -4,7 +4,7 @@ driving keypoints (relative or absolute motion, stitching, eye/lip retargeting, 
 rendering and paste-back. No I/O and no job logic here."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,6 +34,15 @@ class Source:
     lip: float
     faces_found: int
     face_index: int
+
+
+def on_device(src: Source, device: str) -> Source:
+    """`src` with its tensors where the networks are now (a paused job's model may come back on
+    another GPU); itself when nothing moved."""
+    if str(src.kp.device) == str(torch.device(device)):
+        return src
+    return replace(src, feature=src.feature.to(device), kp=src.kp.to(device),
+                   info={k: v.to(device) for k, v in src.info.items()})
 
 
 def _spread(points: np.ndarray) -> float | None:
@@ -72,7 +81,7 @@ def _area(face) -> float:
     return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
-def choose_face(faces: list, face_index: int | None, *, what: str, param: str):
+def choose_face(faces: list, face_index: int | None, *, what: str):
     """The face asked for by index (left to right), else the largest."""
     if face_index is not None:
         return pick_faces(faces, [face_index], what=what, param="face_index")[0]
@@ -99,7 +108,7 @@ def prepare_source(lp: LivePortrait, pack, image: np.ndarray, *, face_index: int
     faces = analyze(pack, image, {"landmark_2d_106"})
     if not faces:
         raise Unprocessable("no face found in source image", param=param, code="no_face")
-    index = choose_face(faces, face_index, what="source image", param=param)
+    index = choose_face(faces, face_index, what="source image")
     face = faces[index]
     crop = face_crop(face.bbox, face.kps, 2 * lp.input_size, crop_scale)
     x = to_tensor(cut(image, crop), lp.input_size)
@@ -114,7 +123,7 @@ def frame_motion(lp: LivePortrait, pack, frame: np.ndarray, crop_scale: float = 
     faces = analyze(pack, frame)
     if not faces:
         return None
-    face = faces[choose_face(faces, None, what="frame", param="driving")]
+    face = faces[choose_face(faces, None, what="frame")]
     crop = face_crop(face.bbox, face.kps, lp.input_size, crop_scale)
     return lp.motion(to_tensor(cut(frame, crop), lp.input_size))
 

@@ -77,6 +77,7 @@ class AnimateService:
         image = self.read(source, "source")
         src = self._source(image, face_index, crop_scale)
         with self.env.vram.acquire(MODEL_KEY) as lp:
+            src = pipeline.on_device(src, lp.device)
             kp = pipeline.expression_keypoints(lp, src, eye_open=eye_open, lip_open=lip_open, pitch=pitch,
                                                yaw=yaw, roll=roll)
             rendered = pipeline.render(lp, src, kp)
@@ -113,6 +114,7 @@ class AnimateService:
 
         def step(frame: np.ndarray, index: int) -> np.ndarray:
             with vram.acquire(PACK) as pack, vram.acquire(MODEL_KEY) as lp:
+                here = pipeline.on_device(src, lp.device)
                 motion = pipeline.frame_motion(lp, pack, frame, crop_scale)
                 if motion is None:  # no face in this frame: it keeps the previous motion
                     state["missing"] += 1
@@ -121,10 +123,11 @@ class AnimateService:
                     state["first"] = motion
                 state["last"] = motion
                 if motion is None:  # no face seen yet: the source as it is
-                    kp = src.kp
+                    kp = here.kp
                 else:
-                    kp = pipeline.driven_keypoints(src, state["first"], motion, relative=relative_motion)
-                rendered = pipeline.render(lp, src, kp, stitching=stitching)
+                    first, now = ({k: v.to(lp.device) for k, v in m.items()} for m in (state["first"], motion))
+                    kp = pipeline.driven_keypoints(here, first, now, relative=relative_motion)
+                rendered = pipeline.render(lp, here, kp, stitching=stitching)
             return pipeline.compose(src, rendered, paste=paste_back)
 
         size = (image.shape[1], image.shape[0]) if paste_back else (src.crop.size, src.crop.size)
@@ -190,9 +193,10 @@ class AnimateService:
         def render_all():
             for i in range(frames):
                 with vram.acquire(MODEL_KEY) as lp:
-                    kp = pipeline.speaking_keypoints(lp, src, lip_open=lips[i], eye_open=eyes[i],
+                    here = pipeline.on_device(src, lp.device)
+                    kp = pipeline.speaking_keypoints(lp, here, lip_open=lips[i], eye_open=eyes[i],
                                                      pose=speech.idle_pose(i, fps))
-                    rendered = pipeline.render(lp, src, kp)
+                    rendered = pipeline.render(lp, here, kp)
                 yield pipeline.compose(src, rendered, paste=paste_back)
                 report(min((i + 1) / frames, 0.99), f"frame {i + 1}/{frames}")
 
