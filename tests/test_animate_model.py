@@ -84,3 +84,39 @@ def test_real_sizes_weigh_what_the_published_checkpoints_weigh():
     for name, mb in published_mb.items():
         got = sum(t.numel() * 4 for t in mods[name].state_dict().values()) / 1e6
         assert got == pytest.approx(mb, rel=0.03), name
+
+
+class _Face(dict):
+    def __init__(self, box, lmk=None):
+        super().__init__(landmark_2d_106=lmk)
+        self.bbox = box
+
+
+def test_the_largest_face_unless_an_index_is_given():
+    from services.animate.pipeline import choose_face
+    from services.errors import InvalidInput
+
+    faces = [_Face([0, 0, 40, 40]), _Face([50, 0, 150, 90]), _Face([160, 0, 220, 60])]
+    assert choose_face(faces, None, what="source image") == 1
+    assert choose_face(faces, 2, what="source image") == 2
+    with pytest.raises(InvalidInput, match="3 faces"):
+        choose_face(faces, 3, what="source image")
+
+
+def test_eye_and_lip_openness_from_the_106_landmarks():
+    import numpy as np
+
+    from services.animate.pipeline import DEFAULT_EYE, openness
+
+    def contour(cx, cy, w, h, n):
+        a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        return np.stack([cx + w / 2 * np.cos(a), cy + h / 2 * np.sin(a)], 1)
+
+    lmk = np.zeros((106, 2))
+    lmk[33:43] = contour(30, 30, 20, 6, 10)  # a narrow eye: 0.3
+    lmk[87:97] = contour(70, 30, 20, 10, 10)  # a wider one: 0.5
+    lmk[52:72] = contour(50, 70, 40, 30, 20)  # an open mouth: 0.75 - 0.35
+    (left, right), lip = openness(_Face([0, 0, 100, 100], lmk))
+    assert left == pytest.approx(0.3, abs=0.03) and right == pytest.approx(0.5, abs=0.03)
+    assert lip == pytest.approx(0.4, abs=0.03)
+    assert openness(_Face([0, 0, 1, 1])) == ((DEFAULT_EYE, DEFAULT_EYE), 0.0)
