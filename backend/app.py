@@ -10,7 +10,7 @@ from flask_socketio import SocketIO
 from services.model_env import ModelEnv
 from services.vram import DeviceSpec, VramOffloader
 
-from . import auth
+from . import auth, socket_json
 from .api import ApiRequest
 from .bodies import BodyGuard, UploadSlots
 from .context import Backend
@@ -20,9 +20,11 @@ from .jobs import JobManager, JobStore
 from .logs import install_log_filters
 from .proxies import TrustedProxyFix
 from .routes import animate as animate_routes
+from .routes import cluster as cluster_routes
 from .routes import face as face_routes
 from .routes import image as image_routes
 from .routes import jobs as job_routes
+from .routes import pose as pose_routes
 from .routes import system as system_routes
 from .routes import tts as tts_routes
 from .routes import vita as vita_routes
@@ -37,6 +39,7 @@ log = logging.getLogger("enfoads")
 # Each family's web module exposes `install(app, backend)`: it builds its service, registers its
 # job kinds, blueprint, Socket.IO namespaces and /v1/models entries.
 FAMILIES: tuple = (
+    pose_routes,  # before image: pose_reference reads photos with its service
     image_routes,
     face_routes,
     whisper_routes,
@@ -65,6 +68,24 @@ def make_offloader(settings: Settings) -> VramOffloader:
     )
 
 
+def make_job_manager(settings: Settings, vram) -> JobManager:
+    """Single process (the default) or, with ENFOADS_REDIS_URL, the front of a cluster: one interface."""
+    common = dict(queue_max=settings.queue_max, retention_s=settings.job_retention_hours * 3600,
+                  interactive_burst=settings.interactive_burst, vram=vram)
+    if settings.redis_url is None:
+        return JobManager(JobStore(settings.db_path), settings.outputs_dir, **common)
+    from .cluster.front import ClusterJobManager
+    from .cluster.queue import make_broker, redacted
+
+    url = settings.redis_url.get_secret_value()
+    log.info("distributed mode: jobs go to the workers through Redis at %s", redacted(url))
+    return ClusterJobManager(JobStore(settings.db_path), settings.outputs_dir, broker=make_broker(settings),
+                             redis_url=url, data_dir=settings.data_dir,
+                             worker_lost_s=settings.cluster_worker_lost_s,
+                             max_attempts=settings.cluster_max_attempts,
+                             time_limit_s=settings.cluster_job_time_limit_s, **common)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     prepare_data_dir(settings.data_dir)
@@ -82,7 +103,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # reorders them and costs 15x the p99 at 20 sessions). Handlers must stay quick: long work
     # goes to a thread of its own.
     socketio = SocketIO(app, async_mode="threading", cors_allowed_origins="*" if origins == ["*"] else origins,
-                        max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False)
+                        max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False, json=socket_json)
     # Only namespaces with handlers (ours, each checking the token) accept a CONNECT; `/`, which
     # python-socketio accepts by default with no check, answers CONNECT_ERROR. (Set here: an empty
     # list given to the constructor is read as its default, ['/'].)
@@ -101,13 +122,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     api_key = auth.load_or_create_key(settings.data_dir,
                                       settings.api_key.get_secret_value() if settings.api_key else None)
     vram = make_offloader(settings)
-    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max,
-                      retention_s=settings.job_retention_hours * 3600,
-                      interactive_burst=settings.interactive_burst, vram=vram)
+    jobs = make_job_manager(settings, vram)
+    worker_key = None
+    if settings.redis_url is not None:
+        worker_key = auth.load_or_create_key(settings.data_dir, settings.worker_key.get_secret_value()
+                                             if settings.worker_key else None, filename=auth.WORKER_KEY_FILE,
+                                             prefix="enfw-")
+        if worker_key == api_key:
+            raise ValueError("ENFOADS_WORKER_KEY must differ from the API key: workers and clients hold different keys")
     model_env = ModelEnv(models_dir=settings.models_dir, profile=settings.profile, device=settings.resolved_device,
                          dtype=settings.dtype_name, vram=vram, data_dir=settings.data_dir)
     b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio,
-                socket_guard=guard)
+                socket_guard=guard, worker_key=worker_key)
     app.extensions["enfoads"] = b
 
     install_error_handlers(app)
@@ -117,6 +143,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(system_routes.bp)
     app.register_blueprint(job_routes.bp)
     install_sockets(socketio, b)
+    if worker_key is not None:
+        cluster_routes.install(app, b)
     for family in FAMILIES:
         family.install(app, b)
 

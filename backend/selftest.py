@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import requests
 
-FAMILIES = ("tts", "whisper", "image", "face", "vita", "animate")  # tts first: its speech feeds the others
+FAMILIES = ("tts", "whisper", "image", "pose", "face", "vita", "animate")  # tts first: its speech feeds the others
+# Checks of a feature inside a family: run when the server offers that family's models.
+PART_OF = {"pose": "image"}
 SPEECH_TEXT = "Hola, esta es una prueba del servidor. ¿Me escuchas bien?"
 VITA_PACKET = 128  # samples per `audio` packet, as VITA's page sends (one AudioWorklet block)
 VITA_RATE = 16000
@@ -137,6 +139,25 @@ def face_images(profile: str) -> tuple[bytes, bytes, str]:
     return buf.getvalue(), buf.getvalue(), "a synthetic 256x256 picture"
 
 
+def pose_photo(profile: str) -> tuple[bytes, str]:
+    """A photo with people: insightface's group photo for real models; for the smoke profile's tiny
+    detector, the white upright rectangle it is built to see as a person."""
+    if profile != "smoke":
+        source, _, what = face_images(profile)
+        if what != "a synthetic 256x256 picture":
+            return source, what
+    from PIL import Image
+
+    from services.pose.smoke import person_rect
+
+    img = np.full((320, 320, 3), 40, np.uint8)
+    x1, y1, x2, y2 = person_rect(320)
+    img[y1:y2, x1:x2] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue(), "a synthetic 320x320 picture"
+
+
 # ------------------------------------------------------------------------------------ the client
 
 class SelfTest:
@@ -192,7 +213,7 @@ class SelfTest:
         offered = self._models()
         results = []
         for family in families:
-            if family not in offered:
+            if PART_OF.get(family, family) not in offered:
                 results.append(FamilyResult(family, "not installed",
                                             detail="this server has no routes for it (not merged/installed)"))
                 continue
@@ -267,6 +288,26 @@ class SelfTest:
         if img.size != want:
             raise SelfTestError(f"asked for {self.image_size}, got {img.size[0]}x{img.size[1]}")
         return (lambda s: f"{s / len(items):.2f} s/image"), f"{img.size[0]}x{img.size[1]} {img.format}"
+
+    def _test_pose(self):
+        """DWPose on a photo (/pose), then an image that follows the skeleton (the ControlNet)."""
+        photo, what = pose_photo(self.profile)
+        r = self._check(self.http.post(f"{self.url}/pose", files={"image": ("pose.png", photo)},
+                                       data={"response_format": "url"}, timeout=self.timeout))
+        found = r.json()
+        if not found["count"]:
+            raise SelfTestError(f"DWPose found nobody in {what}")
+        body = {"prompt": "una bailarina en un escenario, foto", "size": self.image_size, "seed": 7,
+                "response_format": "b64_json", "pose_image_asset": found["skeleton"]["asset"]}
+        r = self._check(self.http.post(f"{self.url}/v1/images/generations", json=body, timeout=self.timeout))
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"])))
+        want = tuple(int(v) for v in self.image_size.lower().split("x"))
+        if img.size != want:
+            raise SelfTestError(f"asked for {self.image_size}, got {img.size[0]}x{img.size[1]}")
+        return (lambda s: f"{s:.2f} s/pose+image"), (f"{what}: {found['count']} person(s), "
+                                                      f"{img.size[0]}x{img.size[1]} image following the pose")
 
     def _test_face(self):
         source, target, what = face_images(self.profile)

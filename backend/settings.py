@@ -69,6 +69,34 @@ class Settings(BaseSettings):
                                                         "restarts (also NGROK_DOMAIN or the notebook secret)")
     public: bool = False
     log_level: str = "INFO"
+    # --- distributed mode (README "Several GPUs") ---
+    redis_url: SecretStr | None = Field(
+        None, description="redis:// or rediss:// URL of the job queue shared by the front and its GPU workers; "
+                          "unset: single process (no Redis)")
+    worker_key: SecretStr | None = Field(
+        None, description="the key workers present to the front (never a client's API key); unset on the front: "
+                          "generated once into data/worker_key")
+    front_url: str | None = Field(None, description="worker: the front's public URL (inputs, progress, outputs)")
+    worker_families: Annotated[list[str], NoDecode] = Field(
+        [], description="worker: the job families it runs (image, face, whisper, tts), comma-separated")
+    worker_name: str = Field("", description="worker: its name in job messages and logs; default host-pid")
+    worker_job_modules: Annotated[list[str], NoDecode] = Field(
+        [], description="worker and front: modules whose `job_handlers(settings, model_env)` add job kinds")
+    cluster_namespace: str = Field("enfoads", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                   description="prefix of every Redis key (deployments may share one Redis)")
+    cluster_heartbeat_timeout_s: float = Field(
+        60, gt=0, description="a worker silent on Redis this long is dead: its job goes to another worker")
+    cluster_maintenance_share: float = Field(
+        0.1, gt=0, le=1, description="share of a worker's Redis polls that also look for dead workers' jobs")
+    cluster_poll_max_ms: int = Field(
+        250, ge=10, le=5000, description="worker: longest wait between polls of an idle queue (the delay a new "
+                                         "job may sit in Redis; each poll is a Redis command)")
+    cluster_worker_lost_s: float = Field(
+        120, gt=0, description="front: a running job whose worker has not reported for this long is lost "
+                               "(queued again while attempts remain, else failed: worker lost)")
+    cluster_max_attempts: int = Field(2, ge=1, le=10, description="deliveries of one job before it fails")
+    cluster_job_time_limit_s: float = Field(3 * 3600, gt=0, description="longest a worker runs one job")
+
     # --- tts ---
     tts_default_model: str = Field("", description="model when a request names none (or an OpenAI name: tts-1, "
                                                    "gpt-4o-mini-tts); empty: the best one present for the language")
@@ -143,6 +171,9 @@ class Settings(BaseSettings):
     image_max_n: int = Field(4, ge=1, le=16, description="most images one request may ask for")
     image_cache_mb: float = Field(512, ge=0, description="disk kept for cached images; 0 turns the cache off")
     image_magic_prompt_engine: Literal["rules"] = "rules"
+    image_pose_max_pixels: int = Field(
+        40_000_000, ge=1, description="largest pose_image, pose_reference or /pose photo in pixels (413 beyond, "
+                                      "refused before decoding); DWPose runs on the face_execution_provider")
 
     # --- vita ---
     vita_vlm: str = Field("qwen2-vl-2b-instruct", description="manifest key of the assistant's vision-language model")
@@ -176,6 +207,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, v):
         if isinstance(v, str):
             return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("worker_families", "worker_job_modules", mode="before")
+    @classmethod
+    def _split_names(cls, v):
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
         return v
 
     @field_validator("vita_languages", mode="before")

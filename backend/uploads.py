@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from flask import Flask, g, request
+from werkzeug.utils import safe_join
 
 from .bodies import release_upload_slot
 from .context import backend
@@ -21,6 +22,7 @@ from .errors import ApiError
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.I)
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+ASSET_RE = re.compile(r"^([0-9a-f]{32})/([\w][\w.-]{0,200})$")  # `<job_id>/<file name>`
 
 
 def _suffix(filename: str | None) -> str:
@@ -66,6 +68,36 @@ def save_upload(field: str, *, json_body: dict | None = None, required: bool = T
     if path.stat().st_size == 0:
         raise ApiError(400, f"{field}: the file is empty", param=field, code="empty_file")
     return path
+
+
+def asset_file(field: str, value: str) -> Path:
+    """`<field>_asset`: an output file of one of the caller's jobs (404 when it is not theirs or not there)."""
+    from .job_http import current_owner  # job_http hands uploads to jobs: it imports this module
+
+    param = f"{field}_asset"
+    match = ASSET_RE.match(value.strip())
+    job = backend().jobs.get(match.group(1)) if match else None
+    if job is None or job.owner != current_owner():
+        raise ApiError(404 if match else 400, f"{param}: no output '{value}' among your jobs "
+                       "(expected `<job_id>/<file name>`)", param=param, code="asset_not_found")
+    path = safe_join(str(backend().settings.outputs_dir / job.id), match.group(2))
+    if path is None or not Path(path).is_file():
+        raise ApiError(404, f"{param}: job {job.id} has no file '{match.group(2)}'", param=param,
+                       code="asset_not_found")
+    return Path(path)
+
+
+def input_file(field: str, asset: str | None, *, json_body: dict | None, required: bool = True) -> Path | None:
+    """The file for `field`: a multipart upload, base64 in JSON, or (`asset`) one of the caller's job outputs."""
+    path = save_upload(field, json_body=json_body, required=False)
+    if path is not None:
+        return path
+    if asset:
+        return asset_file(field, asset)
+    if not required:
+        return None
+    raise ApiError(400, f"{field}: a file is required (multipart field '{field}', base64 in JSON, or "
+                   f"{field}_asset)", param=field, code="missing_file")
 
 
 def take_uploads() -> list[str]:

@@ -1,8 +1,10 @@
-"""Image service: HTTP + job queue + offloader vs a direct diffusers call, on the same pipeline.
+"""Image service: HTTP + job queue + offloader vs a direct diffusers call, on the same pipeline; the
+pose ControlNet's extra time per image, with and without `pose_image` side by side.
 
 Run by hand from the repo root:
     .venv/bin/python -m benchmarks.bench_image [--n 20] [--size 64]     tiny random SDXL (goal: ratio <= 1.10)
     .venv/bin/python -m benchmarks.bench_image --sdxl [--n 5]           GPU only: SDXL's real sizes, 1024x1024
+                                                                        (and with the OpenPose ControlNet)
 
 --sdxl loads the real models when prefetched (`python -m prefetch image`, colab/local profile), else
 writes random weights with SDXL base 1.0's real shapes (same compute and memory), and reports load
@@ -91,6 +93,99 @@ def http_vs_direct(models: Path, n: int, size: int, steps: int, profile: str) ->
           "(less sensitive to other load on the machine)")
 
 
+def _person_photo(side: int = 320) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from services.pose.smoke import person_rect
+
+    img = np.zeros((side, side, 3), np.uint8)
+    x1, y1, x2, y2 = person_rect(side)
+    img[y1:y2, x1:x2] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pose_overhead(models: Path, n: int, size: int, steps: int) -> None:
+    """Per image, interleaved: the plain pipeline vs the same prompt and seed following a skeleton
+    (direct calls on the service's pipeline, and through HTTP with the cache off), and /pose alone."""
+    import base64
+    import io
+    from contextlib import nullcontext
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(profile="smoke", data_dir=Path(tmp), models_dir=models, api_key="bench", port=0,
+                                 image_cache_mb=0, image_default_steps=steps)
+        server = Server(settings).start()
+        backend = server.app.extensions["enfoads"]
+        session = requests.Session()
+        session.headers["Authorization"] = "Bearer bench"
+        body = {"prompt": "a dancer on a stage", "width": size, "height": size, "steps": steps}
+        try:
+            t = time.perf_counter()
+            posed = session.post(f"{server.url}/pose", files={"image": ("p.png", _person_photo())}, timeout=600)
+            posed.raise_for_status()
+            first_pose = time.perf_counter() - t
+            skeleton = posed.json()["skeleton"]
+            pose_times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                session.post(f"{server.url}/pose", files={"image": ("p.png", _person_photo())},
+                             data={"response_format": "url"}, timeout=600).raise_for_status()
+                pose_times.append(time.perf_counter() - t)
+
+            def direct_job(params, ctx):
+                # timed inside the job worker thread (torch's CPU pool belongs to it, see http_vs_direct)
+                with backend.vram.acquire("sdxl-lightning") as lp, \
+                        (backend.vram.acquire("controlnet-openpose-sdxl") if params["pose"] else nullcontext()) as cn:
+                    control = (cn, control_image, 0.8) if params["pose"] else None
+                    t = time.perf_counter()
+                    lp.generate(body["prompt"], width=size, height=size, seed=params["seed"], control=control)
+                    _sync()
+                    return {"seconds": time.perf_counter() - t}
+
+            control_image = Image.open(io.BytesIO(base64.b64decode(skeleton["b64_json"]))).convert("RGB")
+            backend.jobs.register("bench.pose", direct_job)
+
+            def direct(seed: int, pose: bool) -> float:
+                job = backend.jobs.submit("bench.pose", {"seed": seed, "pose": pose}, owner="bench")
+                return backend.jobs.wait(job.id, 600).result["seconds"]
+
+            def http(seed: int, pose: bool) -> float:
+                extra = {"pose_image_asset": skeleton["asset"]} if pose else {}
+                t = time.perf_counter()
+                session.post(f"{server.url}/generate-image", json={**body, "seed": seed, **extra},
+                             timeout=600).raise_for_status()
+                return time.perf_counter() - t
+
+            for pose in (False, True):  # warm-up: loads SDXL, then the ControlNet
+                direct(0, pose)
+                http(0, pose)
+            runs: dict[tuple[str, bool], list[float]] = {(w, p): [] for w in ("direct", "http") for p in (False, True)}
+            for i in range(1, n + 1):  # interleaved, so drift hits every side alike
+                for pose in (False, True):
+                    runs[("direct", pose)].append(direct(i, pose))
+                    runs[("http", pose)].append(http(i, pose))
+            device, dtype = settings.resolved_device, settings.dtype_name
+        finally:
+            server.stop()
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"pose control: {size}x{size}, {steps} steps, {device}, {dtype}, tiny random models, n={n}")
+    for where in ("direct", "http"):
+        plain, posed_s = med[(where, False)], med[(where, True)]
+        print(f"{where:>6}: without pose {plain * 1000:8.1f} ms | with pose_image {posed_s * 1000:8.1f} ms | "
+              f"ControlNet extra {(posed_s - plain) * 1000:+8.1f} ms per image ({posed_s / plain:.2f}x)")
+    print(f"POST /pose (DWPose on ONNX Runtime, 320x320 photo): first {first_pose * 1000:.0f} ms (loads the models), "
+          f"then median {statistics.median(pose_times) * 1000:.1f} ms")
+    print("GPU (T4, SDXL + ControlNet at real sizes, 1024x1024, 4 steps): not measured here; "
+          "run `python -m benchmarks.bench_image --sdxl` on the GPU")
+
+
 def sdxl_on_gpu(n: int) -> None:
     import torch
 
@@ -134,13 +229,52 @@ def sdxl_on_gpu(n: int) -> None:
         _sync()
         times.append(time.perf_counter() - t)
     peak_gb = torch.cuda.max_memory_allocated() / 2**30
+    control_line = _controlnet_on_gpu(lp, models, dtype, n, times)
     print(f"SDXL-Lightning 4-step 1024x1024 on {torch.cuda.get_device_name()} ({dtype_n}), {source}")
     print(f"load {load_s:.1f} s; peak host RSS {rss_after:.1f} GB (was {rss_before:.1f} GB before loading)")
     print(f"weights on GPU {weights_gb:.2f} GB; peak VRAM while generating {peak_gb:.2f} GB (seed's claim: ~6-7 GB)")
     print(f"latency median {statistics.median(times):.2f} s, min {min(times):.2f} s over {n} images "
           f"(seed's claim: 2-3 s on a T4)")
+    print(control_line)
     if tmp is not None:
         tmp.cleanup()
+
+
+def _controlnet_on_gpu(lp, models: dict, dtype, n: int, plain_times: list[float]) -> str:
+    """The OpenPose ControlNet (real weights when prefetched, else random at its real size) beside the
+    loaded SDXL: extra time per 1024x1024 4-step image and the peak VRAM of both together."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from prefetch.locate import locate
+    from services.errors import ModelUnavailable
+    from services.image.controlnet import CONTROLNET_KEY, load_controlnet
+    from services.image.smoke import SDXL, write_controlnet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = locate(CONTROLNET_KEY, Path("data/models"), "colab")
+            what = "real weights"
+        except ModelUnavailable:
+            write_controlnet(Path(tmp), SDXL, device="cuda")
+            torch.cuda.empty_cache()
+            folder, what = Path(tmp) / CONTROLNET_KEY, "random weights at its real size"
+        controlnet = load_controlnet(folder, device="cuda", dtype=dtype)
+    skeleton = Image.fromarray(np.zeros((1024, 1024, 3), np.uint8))
+    lp.generate("warm-up", width=1024, height=1024, seed=0, control=(controlnet, skeleton, 0.8))
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(n):
+        _sync()
+        t = time.perf_counter()
+        lp.generate("a dancer on a stage", width=1024, height=1024, seed=i + 1, control=(controlnet, skeleton, 0.8))
+        _sync()
+        times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    plain, posed = statistics.median(plain_times), statistics.median(times)
+    return (f"with the OpenPose ControlNet ({what}): median {posed:.2f} s per image vs {plain:.2f} s without "
+            f"(+{posed - plain:.2f} s, {posed / plain:.2f}x); peak VRAM SDXL + ControlNet {peak:.2f} GB")
 
 
 def main() -> None:
@@ -154,11 +288,14 @@ def main() -> None:
     if args.sdxl:
         sdxl_on_gpu(min(args.n, 10))
         return
-    from services.image.smoke import write_models
+    from prefetch import manifest
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_models(Path(tmp))
+        manifest.discover_smoke_builders(families=["image"])
+        manifest.SMOKE_BUILDERS["image"](Path(tmp))  # SDXL-Lightning, the ControlNet and DWPose, tiny
         http_vs_direct(Path(tmp), args.n, args.size, args.steps, profile="smoke")
+        print()
+        pose_overhead(Path(tmp), args.n, args.size, args.steps)
 
 
 if __name__ == "__main__":

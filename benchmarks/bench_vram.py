@@ -9,6 +9,9 @@
    resident hit rate and swaps side by side, same seed and request stream.
 4. Which families fit beside a conversation with the assistant: whisper + VLM pinned on the GPU
    with Kyutai Pocket TTS on the CPU (ENFOADS_VITA_TTS_MODEL), or with Chatterbox on the GPU too.
+5. Pose control on a T4: SDXL fp16 (text encoders + Lightning UNet + fp16-fix VAE) with the OpenPose
+   ControlNet, after DWPose read the photo, at the manifest's estimates: whether both are resident
+   at once under the budget, what is evicted for them, and the room left for activations.
 
 No GPU and no torch needed: the fake models only record moves.
 """
@@ -192,6 +195,45 @@ def bench_assistant_combinations() -> None:
                 print(f"     + {' + '.join(n for n, *_ in combo):<58} {extra:4.1f} GB -> {verdict}")
 
 
+def bench_pose_plan() -> None:
+    """The order a pose_reference request acquires its models in, on one T4, with the manifest's estimates."""
+    from contextlib import ExitStack
+
+    from prefetch.manifest import vram_estimate
+
+    sdxl = sum(vram_estimate(k, "fp16") for k in ("sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"))
+    controlnet = vram_estimate("controlnet-openpose-sdxl", "fp16")
+    dwpose = vram_estimate("dwpose", "fp32")
+    sizes = {"sdxl-lightning": sdxl, "controlnet-openpose-sdxl": controlnet, "dwpose": dwpose,
+             "whisper-large-v3-turbo": int(1.5 * GB), "buffalo_l+inswapper": int(1.0 * GB)}
+    usable = BUDGET - RESERVE
+    print(f"5. Pose control on a T4 ({format_bytes(usable)} usable), manifest estimates in fp16: SDXL-Lightning "
+          f"pipeline {format_bytes(sdxl)} (text encoders + UNet + VAE) + ControlNet {format_bytes(controlnet)} = "
+          f"{format_bytes(sdxl + controlnet)}; DWPose {format_bytes(dwpose)}")
+    off = VramOffloader(device="cpu", budget_bytes=BUDGET, reserve_bytes=RESERVE, host_ram_budget_bytes=HOST_RAM)
+    for name, size in sizes.items():
+        runtime = Runtime.ONNX if name in ("dwpose", "buffalo_l+inswapper") else Runtime.TORCH
+        loader = FakeTorch if runtime == Runtime.TORCH else (lambda device: FakeSession())
+        off.register(name, loader, runtime=runtime, estimate_bytes=size, family="x")
+    for name in ("whisper-large-v3-turbo", "buffalo_l+inswapper", "dwpose"):  # earlier requests, then DWPose
+        with off.acquire(name):
+            pass
+    before = {n for n in sizes if off.state_of(n) == "gpu"}
+    peak = 0
+    with ExitStack() as stack:  # as ImageService.render: SDXL, then the ControlNet inside it
+        stack.enter_context(off.acquire("sdxl-lightning"))
+        stack.enter_context(off.acquire("controlnet-openpose-sdxl"))
+        resident = {n for n in sizes if off.state_of(n) == "gpu"}
+        peak = sum(sizes[n] for n in resident)
+    both = {"sdxl-lightning", "controlnet-openpose-sdxl"} <= resident
+    print(f"   resident while generating: {', '.join(sorted(resident))} = {format_bytes(peak)} "
+          f"({'fits' if both and peak <= usable else 'DOES NOT FIT'}); evicted for it: "
+          f"{', '.join(sorted(before - resident)) or 'nothing'}; left for activations beyond the estimates: "
+          f"{format_bytes(usable - peak)} + the {format_bytes(RESERVE)} reserve")
+    print("   measured on a T4: not here (no GPU); `python -m benchmarks.bench_image --sdxl` prints SDXL + ControlNet "
+          "peak VRAM at 1024x1024")
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     bench_acquire()
@@ -203,6 +245,7 @@ def main() -> int:
           f" hit rate {a['hits'] / 10:.0f}% -> {b['hits'] / 10:.0f}%")
     compare_gpus()
     bench_assistant_combinations()
+    bench_pose_plan()
     return 0
 
 

@@ -227,6 +227,40 @@ _SPECS: list[ModelSpec] = [
         runtime="torch",
         note="SDXL's stock VAE overflows in fp16 (black images): always decode with this one",
     ),
+    # ---- image: pose control. xinsir's OpenPose ControlNet for SDXL (Apache-2.0; trained on
+    # skeletons drawn the way DWPose draws them, hands and face included; diffusers layout, so
+    # ControlNetModel.from_pretrained reads it as is) and DWPose's two ONNX graphs that draw those
+    # skeletons from a photo.
+    ModelSpec(
+        key="controlnet-openpose-sdxl",
+        family="image",
+        repo_id="xinsir/controlnet-openpose-sdxl-1.0",
+        # hub cache snapshot dir in public code (one project; the newest commit seen)
+        revision="23f966cd5cfdd3f7729c903e243d87152162d2b7",
+        # the repo also holds diffusion_pytorch_model_twins.safetensors (another training run, 5 GB): not used
+        files=("config.json", "diffusion_pytorch_model.safetensors"),
+        size_bytes=5_000 * MB,  # approximate: ~1.25B parameters stored in fp32; cast to fp16 at load
+        # weights 2.5 GB fp16 + its activations at 1024x1024 (a copy of the UNet's encoder half)
+        vram_bytes={"fp16": 2_900 * MB, "fp32": 5_600 * MB},
+        license="apache-2.0",
+        runtime="torch",
+        note="ControlNetModel.from_pretrained; run with StableDiffusionXLControlNetPipeline built from the loaded "
+        "SDXL-Lightning components (SDXL is not loaded twice); control image: an OpenPose skeleton on black",
+    ),
+    ModelSpec(
+        key="dwpose",
+        family="image",
+        repo_id="yzd-v/DWPose",
+        # hub cache snapshot dir in public code (comfyui_controlnet_aux's checkpoint folder)
+        revision="1a7144101628d69ee7a3768d1ee3a094070dc388",
+        files=("yolox_l.onnx", "dw-ll_ucoco_384.onnx"),
+        size_bytes=351 * MB,  # approximate: YOLOX-L detector ~217 MB + DWPose-L whole-body ~134 MB
+        vram_bytes={"fp32": 900 * MB},  # fp32 ONNX graphs + cuDNN workspace
+        license="apache-2.0",
+        runtime="onnx",
+        note="YOLOX-L person detector (input 'images' 1x3x640x640) + DWPose-L RTMPose whole-body keypoints "
+        "(133 COCO-WholeBody points; input 1x3x384x288, outputs simcc_x 1x133x576, simcc_y 1x133x768), on ONNX Runtime",
+    ),
     # ---- whisper: CTranslate2 conversions (faster-whisper)
     ModelSpec(
         key="whisper-large-v3-turbo",

@@ -62,7 +62,8 @@ python_ok() {  # $1: interpreter; true if it is CPython 3.11-3.13
 # ---------------------------------------------------------------------------------------------
 # Debian packages the tests need (--dev, CPU mode). Tolerant: never fails the install.
 # ---------------------------------------------------------------------------------------------
-APT_PACKAGES=(espeak-ng sox chromium chromium-driver fonts-liberation)
+# redis-server: the cluster tests start their own on a free loopback port (never a system one).
+APT_PACKAGES=(espeak-ng sox chromium chromium-driver fonts-liberation redis-server)
 
 apt_install() {
     local missing=() p

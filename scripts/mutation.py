@@ -40,6 +40,8 @@ MODULES: dict[str, list[str]] = {
     # test_image.py reaches it too, through the tiny SDXL pipeline: minutes per mutant
     "services/image/params.py": ["tests/test_image_params.py"],
     "services/media.py": ["tests/test_media.py"],
+    # test_pose.py reaches it too, through HTTP and the tiny SDXL pipeline: minutes per mutant
+    "services/pose/dwpose.py": ["tests/test_pose_units.py"],
     # test_animate*.py reach them too, through the tiny LivePortrait over HTTP: minutes per mutant
     "services/animate/speech.py": ["tests/test_animate_units.py"],
     "services/animate/crop.py": ["tests/test_animate_units.py"],

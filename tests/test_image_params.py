@@ -99,3 +99,18 @@ def test_size_check_names_width_and_height_by_default():
         with pytest.raises(InvalidInput) as err:
             LIMITS.check_size(w, h)
         assert err.value.param == param and err.value.message.startswith(param + " must be")
+
+
+def test_pose_fields_and_control_scale():
+    req = build_request(LIMITS, prompt="x", seed=0)
+    assert (req.pose_source, req.pose_file, req.control_scale) == ("", "", 0.8)
+    req = build_request(LIMITS, prompt="x", seed=0, pose_image="/u/a.png", control_scale=2)
+    assert (req.pose_source, req.pose_file, req.control_scale, req.warnings) == ("pose_image", "/u/a.png", 2.0, ())
+    req = build_request(LIMITS, prompt="x", seed=0, pose_reference="/u/b.jpg", control_scale=0)
+    assert (req.pose_source, req.pose_file, req.control_scale) == ("pose_reference", "/u/b.jpg", 0.0)
+    assert ImageRequest.from_params(req.to_params()) == req
+    refused("control_scale", "invalid_control_scale", "between 0 and 2 (got 2.01)", pose_image="/a", control_scale=2.01)
+    refused("control_scale", "invalid_control_scale", "(got -0.5)", pose_image="/a", control_scale=-0.5)
+    refused("pose_reference", "invalid_parameter", "not both", pose_image="/a", pose_reference="/b")
+    req = build_request(LIMITS, prompt="x", seed=0, control_scale=1.0)
+    assert req.pose_source == "" and req.warnings == ("control_scale is ignored without pose_image or pose_reference",)

@@ -20,7 +20,7 @@ HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 REQUIRED_KEYS = {
-    "sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix",
+    "sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix", "controlnet-openpose-sdxl", "dwpose",
     "whisper-large-v3-turbo", "whisper-small", "whisper-base",
     "buffalo_l", "inswapper_128",
     "chatterbox-multilingual", "chatterbox-en", "chatterbox-turbo",

@@ -23,8 +23,8 @@ def test_self_test_runs_one_real_request_per_installed_family(live_server, make_
     server = live_server(make_settings(models_dir=models, face_det_size=256, job_wait_seconds=120))
     results = {r.family: r for r in SelfTest(server.url, API_KEY, log=lambda m: None).run()}
 
-    assert {f: r.status for f, r in results.items()} == dict.fromkeys(("image", "face", "whisper", "tts", "animate", "vita"), "ok"), \
-        {f: r.detail for f, r in results.items()}
+    assert {f: r.status for f, r in results.items()} == dict.fromkeys(
+        ("image", "pose", "face", "whisper", "tts", "vita", "animate"), "ok"), {f: r.detail for f, r in results.items()}
     for family in ("tts", "whisper", "face"):
         r = results[family]
         assert r.seconds > 0 and r.load_seconds is not None and r.load_seconds > 0  # first use loads it
@@ -33,6 +33,7 @@ def test_self_test_runs_one_real_request_per_installed_family(live_server, make_
     assert results["whisper"].speed.startswith("RTF ")
     assert results["face"].speed.endswith(" s/image") and "1 face(s) found" in results["face"].detail
     assert results["image"].speed.endswith(" s/image")
+    assert results["pose"].speed.endswith(" s/pose+image") and "1 person(s), 64x64 image" in results["pose"].detail
     assert results["animate"].speed.endswith(" frames/s") and "50 frames" in results["animate"].detail
     table = format_results(list(results.values()))
     assert table.splitlines()[0].split()[:3] == ["FAMILY", "STATUS", "REQUEST"]
@@ -103,8 +104,9 @@ def test_prefetch_form_maps_ticks_to_models():
     assert [s.key for s in dl.select(["chatterbox-es-latam"])] == ["chatterbox-v3-shared", "chatterbox-es-latam"]
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         nb.prefetch_names({}, "nope")
-    # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each)
-    assert nb.prefetch_names({"image": True}) == ["sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix"]
+    # image: the default 4-step Lightning UNet only, not the 1/2/8-step files (5 GB each); pose control's models
+    assert nb.prefetch_names({"image": True}) == ["sdxl-base", "sdxl-lightning-unet-4step", "sdxl-vae-fp16-fix",
+                                                  "controlnet-openpose-sdxl", "dwpose"]
 
 
 def test_colab_settings_take_the_key_secret_and_respect_env(tmp_path, monkeypatch):

@@ -15,12 +15,13 @@ from services.animate.service import AnimateConfig, AnimateService
 from services.media import image_mime
 from services.tts.service import SpeechRequest
 
-from ..api import Upload, body_params, doc, ok
+from ..api import Upload, body_params, doc, ok, raw_json
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
 from ..jobs import BATCH
-from .face import ASSET, IMAGE, VIDEO, input_file
+from ..uploads import input_file
+from .face import ASSET, IMAGE, VIDEO
 
 AUDIO = "audio/*"
 
@@ -81,6 +82,10 @@ class TalkingHeadOptions(_Options):
 SOURCE = Upload("the portrait (one face, or choose with face_index)", IMAGE, instead="source_asset")
 
 
+def _input(field: str, opts: BaseModel) -> Path:
+    return input_file(field, getattr(opts, f"{field}_asset", None), json_body=raw_json())
+
+
 def _service() -> AnimateService:
     from flask import current_app
 
@@ -95,8 +100,8 @@ def _service() -> AnimateService:
                                                 instead="driving_asset")})
 def animate():
     opts = body_params(AnimateOptions)
-    source = input_file("source", opts)
-    driving = input_file("driving", opts)
+    source = _input("source", opts)
+    driving = _input("driving", opts)
     _service().check_video(driving)  # refuse before queueing what cannot be processed
     params = {"source": str(source), "driving": str(driving), "relative_motion": opts.relative_motion,
               "stitching": opts.stitching, "paste_back": opts.paste_back, "crop_scale": opts.crop_scale,
@@ -111,7 +116,7 @@ def animate():
      content_type="image/png")
 def expression():
     opts = body_params(ExpressionOptions)
-    source = input_file("source", opts)
+    source = _input("source", opts)
     params = {"source": str(source), **opts.model_dump(exclude={"source", "source_asset", "response_format"})}
 
     def render(job):
@@ -136,7 +141,7 @@ def expression():
                                               instead="audio_asset")})
 def talking_head():
     opts = body_params(TalkingHeadOptions)
-    source = input_file("source", opts)
+    source = _input("source", opts)
     params = {"source": str(source), "face_index": opts.face_index, "crop_scale": opts.crop_scale,
               "paste_back": opts.paste_back, "seed": opts.seed, "audio": None, "speech": None}
     if opts.text is not None:
@@ -146,7 +151,7 @@ def talking_head():
         current_app.extensions["enfoads.tts"].plan(req, text_param="text")  # 400/404/503 now, not in the job
         params["speech"] = {"text": req.text, "voice": req.voice, "language": req.language}
     else:
-        audio = input_file("audio", opts)
+        audio = _input("audio", opts)
         _service().check_audio(audio)
         params["audio"] = str(audio)
     return run_job("animate.talking_head", params, lambda job: ok(
@@ -189,11 +194,27 @@ def animate_config(settings) -> AnimateConfig:
                          max_image_pixels=settings.animate_max_image_pixels)
 
 
-def install(app, b) -> None:
-    service = AnimateService(b.model_env, animate_config(b.settings))
+def job_handlers(settings, env, tts=None) -> tuple[AnimateService, dict]:
+    """The service and its job handlers: the front and `python -m backend.worker` build the same. A
+    worker without the face or TTS family gets the face pack and a TTS service of its own."""
+    from services.face import PACK
+
+    from . import face as face_routes
+    from . import tts as tts_routes
+
+    if not env.vram.is_registered(PACK):
+        face_routes.job_handlers(settings, env)  # registers buffalo_l with the offloader
+    if tts is None:
+        tts, _ = tts_routes.job_handlers(settings, env)
+    service = AnimateService(env, animate_config(settings))
     service.register()
+    return service, _handlers(service, tts)
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env, app.extensions.get("enfoads.tts"))
     app.extensions[_SERVICE_KEY] = service
-    for kind, handler in _handlers(service, app.extensions.get("enfoads.tts")).items():
+    for kind, handler in handlers.items():
         b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     b.models.append({"id": MODEL_KEY, "family": "animate", "available": service.available()})

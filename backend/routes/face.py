@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import base64
-import re
 from pathlib import Path
 from typing import Literal
 
 from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from werkzeug.utils import safe_join
 
 from services.face import INSWAPPER, PACK, FaceConfig, FaceService
 from services.face.video import check_video, swap_video
@@ -16,14 +14,12 @@ from services.media import image_mime
 
 from ..api import Upload, body_params, doc, ok, raw_json, seed_shape
 from ..context import backend
-from ..errors import ApiError
-from ..job_http import current_owner, run_job
+from ..job_http import run_job
 from ..jobs import BATCH
-from ..uploads import save_upload
+from ..uploads import ASSET_RE, input_file
 
 bp = Blueprint("face", __name__)
 TAGS = ["face"]
-_ASSET = re.compile(r"^([0-9a-f]{32})/([\w][\w.-]{0,200})$")
 _SERVICE_KEY = "enfoads.face"
 
 ERRORS = {400: "bad parameter, unreadable image or face index out of range", 413: "image or video too large",
@@ -31,7 +27,7 @@ ERRORS = {400: "bad parameter, unreadable image or face index out of range", 413
           "get them) or the CUDA provider failed to start"}
 
 
-ASSET = {"pattern": _ASSET.pattern}  # documents the `<job_id>/<file name>` form the route checks
+ASSET = {"pattern": ASSET_RE.pattern}  # documents the `<job_id>/<file name>` form the route checks
 
 
 class _Options(BaseModel):
@@ -114,30 +110,8 @@ def _service() -> FaceService:
     return current_app.extensions[_SERVICE_KEY]
 
 
-def _asset(field: str, value: str) -> Path:
-    param = f"{field}_asset"
-    match = _ASSET.match(value.strip())
-    job = backend().jobs.get(match.group(1)) if match else None
-    if job is None or job.owner != current_owner():
-        raise ApiError(404 if match else 400, f"{param}: no output '{value}' among your jobs "
-                       "(expected `<job_id>/<file name>`)", param=param, code="asset_not_found")
-    path = safe_join(str(backend().settings.outputs_dir / job.id), match.group(2))
-    if path is None or not Path(path).is_file():
-        raise ApiError(404, f"{param}: job {job.id} has no file '{match.group(2)}'", param=param,
-                       code="asset_not_found")
-    return Path(path)
-
-
-def input_file(field: str, opts: BaseModel) -> Path:
-    """The file for `field`: a multipart upload, base64 in JSON, or one of the caller's job outputs."""
-    path = save_upload(field, json_body=raw_json(), required=False)
-    if path is not None:
-        return path
-    asset = getattr(opts, f"{field}_asset", None)
-    if asset:
-        return _asset(field, asset)
-    raise ApiError(400, f"{field}: a file is required (multipart field '{field}', base64 in JSON, or "
-                   f"{field}_asset)", param=field, code="missing_file")
+def _input(field: str, opts: BaseModel) -> Path:
+    return input_file(field, getattr(opts, f"{field}_asset", None), json_body=raw_json())
 
 
 # --------------------------------------------------------------------------- routes
@@ -148,7 +122,7 @@ def input_file(field: str, opts: BaseModel) -> Path:
      responses=ERRORS)
 def detect():
     opts = body_params(DetectOptions)
-    image = input_file("image", opts)
+    image = _input("image", opts)
     params = {"image": str(image), "embedding": opts.embedding, "landmarks": opts.landmarks}
     return run_job("face.detect", params, lambda job: ok({"job_id": job.id, **job.result}))
 
@@ -159,8 +133,8 @@ def detect():
      tags=TAGS, body=SwapOptions, form=SwapOptions, files=SWAP_FILES, responses=ERRORS, content_type="image/png")
 def face_swap():
     opts = body_params(SwapOptions)
-    source = input_file("source", opts)
-    target = input_file("target", opts)
+    source = _input("source", opts)
+    target = _input("target", opts)
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
               "target_indices": opts.target_indices, "output_format": opts.output_format, "quality": opts.quality}
 
@@ -191,8 +165,8 @@ def face_swap():
             "target": Upload("the video whose faces are replaced", VIDEO, instead="target_asset")})
 def face_swap_video():
     opts = body_params(VideoSwapOptions)
-    source = input_file("source", opts)
-    target = input_file("target", opts)
+    source = _input("source", opts)
+    target = _input("target", opts)
     check_video(target, _service().cfg)  # refuse before queueing what cannot be processed
     params = {"source": str(source), "target": str(target), "source_index": opts.source_index,
               "target_indices": opts.target_indices}
@@ -231,12 +205,17 @@ def face_config(settings, models_dir: Path, profile: str, device: str) -> FaceCo
         video_max_pixels=settings.face_video_max_pixels)
 
 
-def install(app, b) -> None:
-    env = b.model_env
-    service = FaceService(env, face_config(b.settings, env.models_dir, env.profile, env.device))
+def job_handlers(settings, env) -> tuple[FaceService, dict]:
+    """The service and its job handlers: the front and `python -m backend.worker` build the same."""
+    service = FaceService(env, face_config(settings, env.models_dir, env.profile, env.device))
     service.register()
+    return service, _handlers(service)
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env)
     app.extensions[_SERVICE_KEY] = service
-    for kind, handler in _handlers(service).items():
+    for kind, handler in handlers.items():
         b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     # The `onnx` dicts are filled in place when each model loads: /diagnostics shows the providers

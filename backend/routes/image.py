@@ -10,19 +10,25 @@ from flask import Blueprint, current_app, send_file, url_for
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from services.image import FORMATS, JOB_KIND, MAX_SEED, STEPS, ImageCache, ImageLimits, ImageService, model_id
+from services.image.controlnet import CONTROLNET_KEY
+from services.image.params import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE
 from services.image.magic_prompt import DEFAULT_STYLE, STYLES, make_expander
 from services.media import image_mime
 
-from ..api import doc, json_body, ok, seed_shape
+from ..api import doc, json_body, json_object, ok, seed_shape
 from ..context import backend
 from ..errors import ApiError
 from ..job_http import run_job
 from ..jobs import Job
+from ..uploads import ASSET_RE, input_file
+from . import pose as pose_routes
 
 bp = Blueprint("image", __name__)
 
-ERRORS = {400: "a parameter is invalid (param names it)", 409: "the job was cancelled",
-          429: "the job queue is full", 503: "the model files are missing (the message names the prefetch command)"}
+ERRORS = {400: "a parameter is invalid (param names it), or pose_image / pose_reference is not an image",
+          409: "the job was cancelled", 413: "pose_image or pose_reference has too many pixels",
+          422: "no person found in pose_reference", 429: "the job queue is full",
+          503: "the model files are missing (the message names the prefetch command)"}
 # Names OpenAI clients send by default: served by the default SDXL-Lightning model, so a client
 # written for OpenAI works after changing only its base URL.
 OPENAI_MODEL_ALIASES = {"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "sdxl-lightning"}
@@ -36,7 +42,26 @@ Steps = Literal[1, 2, 4, 8]
 assert set(FORMATS) == {"png", "jpeg", "webp"} and STEPS == (1, 2, 4, 8)
 
 
-class GenerateImageBody(BaseModel):
+class PoseFields(BaseModel):
+    """Pose control (ControlNet OpenPose), on both image routes. JSON: files as base64 or data: URLs."""
+
+    pose_image: str | None = Field(None, description="an OpenPose skeleton image (as /pose returns) to follow, "
+                                   "base64 or a data: URL; resized to the output size",
+                                   json_schema_extra={"format": "byte", "minLength": 4})
+    pose_image_asset: str | None = Field(None, description="pose_image from one of your jobs' outputs, e.g. "
+                                         "`<job_id>/skeleton.png` from /pose",
+                                         json_schema_extra={"pattern": ASSET_RE.pattern})
+    pose_reference: str | None = Field(None, description="a photo of a person whose pose to copy (DWPose draws "
+                                       "the skeleton first; 422 when nobody is found), base64 or a data: URL",
+                                       json_schema_extra={"format": "byte", "minLength": 4})
+    pose_reference_asset: str | None = Field(None, description="pose_reference from one of your jobs' outputs",
+                                             json_schema_extra={"pattern": ASSET_RE.pattern})
+    control_scale: float | None = Field(None, ge=0, le=MAX_CONTROL_SCALE,
+                                        description=f"how strictly the pose is followed, 0..{MAX_CONTROL_SCALE:g}; "
+                                        f"default {DEFAULT_CONTROL_SCALE}")
+
+
+class GenerateImageBody(PoseFields):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(..., max_length=4000, description="what to draw; CLIP reads the first 77 tokens",
@@ -56,7 +81,7 @@ class GenerateImageBody(BaseModel):
         "image", description="image: the image bytes (n=1); url / b64_json: JSON with every image")
 
 
-class OpenAIImageBody(BaseModel):
+class OpenAIImageBody(PoseFields):
     # Other OpenAI parameters (quality, style, user, background...) have no meaning here: they are
     # accepted, so OpenAI clients work unchanged, and named in the response's warnings.
     model_config = ConfigDict(extra="allow")
@@ -110,8 +135,22 @@ def _image_entries(job: Job, response_format: str) -> list[dict]:
     return out
 
 
+def _pose_files(body: PoseFields) -> dict:
+    """pose_image / pose_reference as stored files (uploads go with the job and are deleted after it)."""
+    return {field: input_file(field, getattr(body, f"{field}_asset"), json_body=json_object(), required=False)
+            for field in ("pose_image", "pose_reference")}
+
+
+def _pose_entry(job: Job) -> dict:
+    """`pose`: what the images followed, with the skeleton's url (from pose_reference: the one DWPose
+    drew); nothing without a pose, so those answers keep their shape."""
+    pose = job.result.get("pose")
+    return {} if pose is None else {"pose": {**{k: v for k, v in pose.items() if k != "file"},
+                                             "url": _file_url(job, pose["file"])}}
+
+
 def _submit(req, render):
-    _service().check_available(req.steps)  # 503 before queueing, naming the prefetch command
+    _service().check_available(req.steps, req.pose_source)  # 503 before queueing, naming the prefetch command
     return run_job(JOB_KIND, req.to_params(), render)
 
 
@@ -126,7 +165,8 @@ def generate_image():
                        param="response_format", code="invalid_parameter")
     req = _service().request(prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width,
                              height=body.height, steps=body.steps, seed=body.seed, n=body.n,
-                             output_format=body.output_format)
+                             output_format=body.output_format, control_scale=body.control_scale,
+                             **_pose_files(body))
 
     def render(job: Job):
         result = job.result
@@ -136,6 +176,8 @@ def generate_image():
                              mimetype=image_mime(result["output_format"]), max_age=0)
             resp.headers.update({"X-Job-Id": job.id, "X-Seed": str(img["seed"]),
                                  "X-Cache": "hit" if img["cached"] else "miss", "X-Model": result["model"]})
+            if result.get("pose"):
+                resp.headers["X-Pose-Url"] = _file_url(job, result["pose"]["file"])
             for warning in result["warnings"]:
                 resp.headers.add("X-Warning", warning.encode("ascii", "replace").decode())
             return resp
@@ -143,7 +185,7 @@ def generate_image():
                    "prompt": result["prompt"], "width": result["width"], "height": result["height"],
                    "steps": result["steps"], "guidance_scale": result["guidance_scale"],
                    "output_format": result["output_format"], "data": _image_entries(job, body.response_format),
-                   "warnings": result["warnings"]})
+                   **_pose_entry(job), "warnings": result["warnings"]})
 
     return _submit(req, render)
 
@@ -180,7 +222,8 @@ def openai_generations():
     width, height = _parse_size(body.size)
     req = _service().request(prompt=body.prompt, negative_prompt=body.negative_prompt, width=width, height=height,
                              steps=steps, seed=body.seed, n=body.n, output_format=body.output_format,
-                             size_param="size" if body.size else None)
+                             size_param="size" if body.size else None, control_scale=body.control_scale,
+                             **_pose_files(body))
 
     ignored = sorted(body.model_extra or {})
 
@@ -192,7 +235,8 @@ def openai_generations():
             entry["revised_prompt"] = result["prompt"]
         return ok({"created": int(job.finished_at or time.time()), "data": data,
                    "output_format": result["output_format"], "size": f"{result['width']}x{result['height']}",
-                   "model": result["model"], "job_id": job.id, "warnings": warnings})
+                   "model": result["model"], "job_id": job.id, **_pose_entry(job),
+                   "warnings": warnings})
 
     return _submit(req, render)
 
@@ -217,17 +261,26 @@ def magic_prompt_styles():
                "data": [{"id": name, "prefix": before, "suffix": after} for name, (before, after) in STYLES.items()]})
 
 
-def install(app, b) -> None:
-    s = b.settings
+def job_handlers(s, env, pose=None) -> tuple[ImageService, dict]:
+    """The service and its job handlers (generation and /pose, both image work): the front and
+    `python -m backend.worker` build the same."""
     limits = ImageLimits(max_width=s.image_max_width, max_height=s.image_max_height, min_side=s.image_min_side,
                          max_n=s.image_max_n, default_width=min(s.image_default_width, s.image_max_width),
                          default_height=min(s.image_default_height, s.image_max_height),
-                         default_steps=s.image_default_steps)
+                         default_steps=s.image_default_steps, max_pose_pixels=s.image_pose_max_pixels)
     cache = ImageCache(s.data_dir / "cache" / "images", int(s.image_cache_mb * 1024**2))
-    service = ImageService(b.model_env, limits, cache)
+    pose, pose_handlers = pose_routes.job_handlers(s, env, pose)
+    service = ImageService(env, limits, cache, pose=pose)
+    return service, {JOB_KIND: service.run_job, **pose_handlers}
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env, pose=app.extensions.get(pose_routes.SERVICE_KEY))
     app.extensions["enfoads.image"] = service
-    app.extensions["enfoads.magic_prompt"] = make_expander(s.image_magic_prompt_engine)
-    b.jobs.register(JOB_KIND, service.run_job)
+    app.extensions["enfoads.magic_prompt"] = make_expander(b.settings.image_magic_prompt_engine)
+    for kind, handler in handlers.items():
+        b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     for steps in STEPS:
         b.models.append({"id": model_id(steps), "family": "image", "available": service.available(steps)})
+    b.models.append({"id": CONTROLNET_KEY, "family": "image", "available": service.controlnet_available()})

@@ -112,8 +112,9 @@ class LightningPipeline:
         log.info("switched the UNet to the %d-step Lightning checkpoint in %.1f s", steps, time.perf_counter() - t0)
 
     def generate(self, prompt: str, *, width: int, height: int, seed: int,
-                 on_step: Callable[[int], None] | None = None):
-        """One PIL image. The generator lives on the CPU so a seed gives the same image on any GPU."""
+                 on_step: Callable[[int], None] | None = None, control=None):
+        """One PIL image. The generator lives on the CPU so a seed gives the same image on any GPU.
+        `control`: (ControlNet, skeleton image, scale) to follow a pose."""
         import torch
 
         def step_end(pipe, index, timestep, tensors):
@@ -121,9 +122,16 @@ class LightningPipeline:
                 on_step(index + 1)  # may raise Cancelled: diffusers lets it propagate
             return tensors
 
-        out = self.pipe(prompt=prompt, width=width, height=height, num_inference_steps=self.steps,
-                        guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(seed),
-                        callback_on_step_end=step_end, output_type="pil")
+        pipe, extra = self.pipe, {}
+        if control is not None:
+            from .controlnet import control_pipeline
+
+            controlnet, image, scale = control
+            pipe = control_pipeline(self.pipe, controlnet)
+            extra = {"image": image, "controlnet_conditioning_scale": float(scale)}
+        out = pipe(prompt=prompt, width=width, height=height, num_inference_steps=self.steps,
+                   guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(seed),
+                   callback_on_step_end=step_end, output_type="pil", **extra)
         return out.images[0]
 
 

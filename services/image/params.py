@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 from ..errors import InvalidInput
 
 STEPS = (1, 2, 4, 8)
+POSE_SOURCES = ("pose_image", "pose_reference")  # a skeleton image, or a photo DWPose reads it from
+DEFAULT_CONTROL_SCALE = 0.8
+MAX_CONTROL_SCALE = 2.0
 FORMATS = ("png", "jpeg", "webp")
 MAX_SEED = 2**32 - 1  # what most UIs (and the seed's frontend) show; keeps seeds easy to copy
 
@@ -25,6 +28,7 @@ class ImageLimits:
     default_width: int = 1024
     default_height: int = 1024
     default_steps: int = 4
+    max_pose_pixels: int = 40_000_000  # a pose_image larger than this is refused (413) before decoding
 
     def check_size(self, width: int, height: int, *, param_w: str = "width", param_h: str = "height") -> None:
         for value, param, limit in ((width, param_w, self.max_width), (height, param_h, self.max_height)):
@@ -47,6 +51,9 @@ class ImageRequest:
     output_format: str = "png"
     negative_prompt: str = ""
     warnings: tuple[str, ...] = field(default=())
+    pose_file: str = ""  # a stored upload or job output: the skeleton, or the photo to read it from
+    pose_source: str = ""  # "" (no pose) or one of POSE_SOURCES: the field the file came in
+    control_scale: float = DEFAULT_CONTROL_SCALE
 
     def seeds(self) -> list[int]:
         # One seed per image, so each image of a batch can be reproduced alone.
@@ -64,7 +71,9 @@ class ImageRequest:
 
 def build_request(limits: ImageLimits, *, prompt: str, width: int | None = None, height: int | None = None,
                   steps: int | None = None, seed: int | None = None, n: int = 1, output_format: str = "png",
-                  negative_prompt: str | None = None, size_param: str | None = None) -> ImageRequest:
+                  negative_prompt: str | None = None, size_param: str | None = None,
+                  pose_image: str | None = None, pose_reference: str | None = None,
+                  control_scale: float | None = None) -> ImageRequest:
     """A checked request; a missing seed is drawn here so the response can return it."""
     prompt = (prompt or "").strip()
     if not prompt:
@@ -90,5 +99,18 @@ def build_request(limits: ImageLimits, *, prompt: str, width: int | None = None,
     if negative_prompt:
         warnings.append("negative_prompt is ignored: SDXL-Lightning runs without classifier-free guidance "
                         "(guidance_scale=0)")
+    if pose_image and pose_reference:
+        raise InvalidInput("send either pose_image (a skeleton) or pose_reference (a photo), not both",
+                           param="pose_reference", code="invalid_parameter")
+    pose_source = "pose_image" if pose_image else "pose_reference" if pose_reference else ""
+    if control_scale is None:
+        control_scale = DEFAULT_CONTROL_SCALE
+    elif not 0.0 <= float(control_scale) <= MAX_CONTROL_SCALE:
+        raise InvalidInput(f"control_scale must be between 0 and {MAX_CONTROL_SCALE:g} (got {control_scale})",
+                           param="control_scale", code="invalid_control_scale")
+    elif not pose_source:
+        warnings.append("control_scale is ignored without pose_image or pose_reference")
     return ImageRequest(prompt=prompt, width=width, height=height, steps=steps, seed=seed, n=n,
-                        output_format=output_format, negative_prompt=negative_prompt, warnings=tuple(warnings))
+                        output_format=output_format, negative_prompt=negative_prompt, warnings=tuple(warnings),
+                        pose_file=str(pose_image or pose_reference or ""), pose_source=pose_source,
+                        control_scale=float(control_scale))

@@ -6,8 +6,10 @@ message)` (raises Cancelled when the owner cancelled) and `output_dir`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefetch import manifest
@@ -15,10 +17,11 @@ from prefetch.locate import prefetch_command
 
 from ..device import torch_dtype
 from ..errors import ModelUnavailable
-from ..media import encode_image
+from ..media import encode_image, load_image
 from ..model_env import ModelEnv
 from ..vram import Runtime
 from .cache import ImageCache
+from .controlnet import CONTROLNET_KEY, load_controlnet
 from .lightning import BASE_KEY, UNET_FILES, VAE_KEY, LightningPipeline, load_pipeline, unet_key
 from .params import ImageLimits, ImageRequest, build_request
 
@@ -32,31 +35,48 @@ CLIP_MAX_TOKENS = 77  # CLIP's context, start and end tokens included
 PNG_COMPRESS_LEVEL = 3
 
 
+POSE_GROUP = "sdxl-controlnet"  # with several GPUs, the ControlNet goes where the SDXL pipeline is
+POSE_FILE = "pose.png"
+
+
 def model_id(steps: int) -> str:
     return f"{MODEL_NAME}-{steps}step"
 
 
+@dataclass(frozen=True)
+class Control:
+    """The skeleton a request's images follow, and what identifies it in the cache."""
+
+    image: object  # PIL RGB image
+    digest: str
+    people: int | None  # people DWPose found (pose_reference), None for a given skeleton
+
+
 class ImageService:
-    def __init__(self, env: ModelEnv, limits: ImageLimits, cache: ImageCache):
+    def __init__(self, env: ModelEnv, limits: ImageLimits, cache: ImageCache, pose=None):
         self.env = env
         self.limits = limits
         self.cache = cache
+        self.pose = pose  # services.pose.PoseService: reads pose_reference photos (None: no pose support)
         self._load_steps = limits.default_steps  # which checkpoint the next cold load starts with
         self._tokenizer = None
         self._tokenizer_lock = threading.Lock()
         env.vram.register(MODEL_NAME, self._load, runtime=Runtime.TORCH, estimate_bytes=self._estimate(),
                           family="image")
+        env.vram.register(CONTROLNET_KEY, self._load_controlnet, runtime=Runtime.TORCH,
+                          estimate_bytes=self._estimate(CONTROLNET_KEY), family="image")
 
-    def _estimate(self) -> int:
-        """The manifest's figure for SDXL; the smoke profile's tiny models get what their files weigh
-        (fp16 on disk, fp32 on the CPU, plus working memory), not SDXL's gigabytes."""
+    def _estimate(self, *keys: str) -> int:
+        """The manifest's figure for SDXL (or `keys`); the smoke profile's tiny models get what their
+        files weigh (fp16 on disk, fp32 on the CPU, plus working memory), not SDXL's gigabytes."""
         if self.env.profile == "smoke":
             try:
-                folders = [self.env.locate(k) for k in (BASE_KEY, unet_key(self.limits.default_steps), VAE_KEY)]
+                folders = [self.env.locate(k) for k in keys or (BASE_KEY, unet_key(self.limits.default_steps),
+                                                                VAE_KEY)]
                 return 4 * sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
             except ModelUnavailable:
                 pass
-        return sum(manifest.vram_estimate(k, self.env.dtype) for k in (BASE_KEY, unet_key(4), VAE_KEY))
+        return sum(manifest.vram_estimate(k, self.env.dtype) for k in keys or (BASE_KEY, unet_key(4), VAE_KEY))
 
     # --- models on disk ---------------------------------------------------------------------
     def _unet_file(self, steps: int) -> Path:
@@ -69,11 +89,18 @@ class ImageService:
                                    f"`{command}`", code="model_unavailable")
         return path
 
-    def check_available(self, steps: int) -> None:
-        """ModelUnavailable (503, naming the prefetch command) unless every file `steps` needs is here."""
+    def check_available(self, steps: int, pose_source: str = "") -> None:
+        """ModelUnavailable (503, naming the prefetch command) unless every file the request needs is here."""
         self.env.locate(BASE_KEY)
         self.env.locate(VAE_KEY)
         self._unet_file(steps)
+        if pose_source:
+            self.env.locate(CONTROLNET_KEY)
+        if pose_source == "pose_reference":
+            if self.pose is None:
+                raise ModelUnavailable("pose_reference needs the pose service, which this server did not start",
+                                       code="model_unavailable")
+            self.pose.check_available()
 
     def available(self, steps: int) -> bool:
         try:
@@ -86,6 +113,12 @@ class ImageService:
         steps = self._load_steps
         return load_pipeline(self.env.locate(BASE_KEY), self.env.locate(VAE_KEY), self._unet_file(steps), steps,
                              device=device, dtype=torch_dtype(self.env.dtype))
+
+    def _load_controlnet(self, device: str):
+        return load_controlnet(self.env.locate(CONTROLNET_KEY), device=device, dtype=torch_dtype(self.env.dtype))
+
+    def controlnet_available(self) -> bool:
+        return self.env.present(CONTROLNET_KEY)
 
     # --- requests -------------------------------------------------------------------------------
     def request(self, **kwargs) -> ImageRequest:
@@ -108,9 +141,14 @@ class ImageService:
         return [f"prompt truncated: it is {len(ids)} CLIP tokens and SDXL reads the first {CLIP_MAX_TOKENS}; "
                 f"ignored: {dropped[:200]!r}"]
 
-    def _cache_key(self, req: ImageRequest, seed: int) -> str:
+    def _cache_key(self, req: ImageRequest, seed: int, control: Control | None = None) -> str:
         weights = self._unet_file(req.steps).stat()
+        weights_file = self.env.locate(CONTROLNET_KEY) / "diffusion_pytorch_model.safetensors" if control else None
+        pose = {} if control is None else {  # absent without a pose: earlier cache entries stay valid
+            "pose": control.digest, "control_scale": req.control_scale,
+            "controlnet": [manifest.get(CONTROLNET_KEY).revision, *self._file_identity(weights_file)]}
         return ImageCache.key({
+            **pose,
             "v": 1,
             "models": [manifest.get(k).revision for k in (BASE_KEY, unet_key(req.steps), VAE_KEY)],
             # a rebuilt or replaced checkpoint at the same path must not serve old images
@@ -126,34 +164,73 @@ class ImageService:
             "format": req.output_format,
         })
 
-    def render(self, req: ImageRequest, seed: int, on_step=None):
+    @staticmethod
+    def _file_identity(path: Path) -> list:
+        stat = path.stat() if path.is_file() else None
+        return [path.name, stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
+
+    def control(self, req: ImageRequest, ctx) -> Control | None:
+        """The skeleton to follow: the given pose_image, or the one DWPose draws from pose_reference
+        (422 when it finds nobody). Written to the job's folder as pose.png."""
+        if not req.pose_source:
+            return None
+        from PIL import Image
+
+        path = Path(req.pose_file)
+        people = None
+        if req.pose_source == "pose_reference":
+            ctx.progress(0.0, "reading the pose from pose_reference")
+            result = self.pose.estimate(self.pose.read(path, "pose_reference"), require_person="pose_reference")
+            image, people = Image.fromarray(result.skeleton), len(result.people)
+        else:
+            image = load_image(path.read_bytes(), max_pixels=self.limits.max_pose_pixels, param="pose_image")
+        data = encode_image(image, "png", png_compress_level=PNG_COMPRESS_LEVEL)
+        (ctx.output_dir / POSE_FILE).write_bytes(data)
+        digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
+        return Control(image=image, digest=digest, people=people)
+
+    def render(self, req: ImageRequest, seed: int, on_step=None, control: Control | None = None):
         """One image through the offloader (OOM: evict idle models, retry once)."""
         def run(lp: LightningPipeline):
             lp.use_steps(req.steps, self._unet_file(req.steps))
-            return lp.generate(req.prompt, width=req.width, height=req.height, seed=seed, on_step=on_step)
+            if control is None:
+                return lp.generate(req.prompt, width=req.width, height=req.height, seed=seed, on_step=on_step)
+            with self.env.vram.acquire(CONTROLNET_KEY) as controlnet:
+                return lp.generate(req.prompt, width=req.width, height=req.height, seed=seed, on_step=on_step,
+                                   control=(controlnet, control.image, req.control_scale))
 
         self._load_steps = req.steps
-        return self.env.vram.run(MODEL_NAME, run)
+        if control is None:
+            return self.env.vram.run(MODEL_NAME, run)
+        vram = self.env.vram
+        vram.pin(MODEL_NAME, POSE_GROUP)
+        vram.pin(CONTROLNET_KEY, POSE_GROUP)
+        try:
+            return vram.run(MODEL_NAME, run)
+        finally:
+            vram.unpin(CONTROLNET_KEY, POSE_GROUP)
+            vram.unpin(MODEL_NAME, POSE_GROUP)
 
     def run_job(self, params: dict, ctx) -> dict:
         """Job handler: every image of the request, from the cache when it has it."""
         req = ImageRequest.from_params(params)
-        self.check_available(req.steps)
+        self.check_available(req.steps, req.pose_source)
         warnings = [*req.warnings, *self.prompt_warnings(req.prompt)]
         ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        control = self.control(req, ctx)
         per_image = req.steps + 1  # denoising steps, then the VAE decode
         total = req.n * per_image
         images = []
         for i, seed in enumerate(req.seeds()):
             label = f"image {i + 1}/{req.n}"
-            key = self._cache_key(req, seed)
+            key = self._cache_key(req, seed, control)
             data = self.cache.get(key, req.output_format)
             cached = data is not None
             if data is None:
                 def on_step(step: int, i=i, label=label) -> None:
                     ctx.progress((i * per_image + step) / total, f"{label}: step {step}/{req.steps}")
 
-                image = self.render(req, seed, on_step)
+                image = self.render(req, seed, on_step, control)
                 data = encode_image(image, req.output_format, png_compress_level=PNG_COMPRESS_LEVEL)
                 self.cache.put(key, req.output_format, data)
             name = f"image-{i + 1}.{req.output_format}"
@@ -169,5 +246,8 @@ class ImageService:
             "guidance_scale": 0.0,
             "output_format": req.output_format,
             "images": images,
+            "pose": None if control is None else {
+                "source": req.pose_source, "file": POSE_FILE, "people": control.people,
+                "control_scale": req.control_scale, "controlnet": CONTROLNET_KEY},
             "warnings": warnings,
         }

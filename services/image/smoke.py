@@ -5,7 +5,11 @@ What prefetch puts on disk, in miniature:
   tokenizer{,_2}/ (vocab.json, merges.txt, configs) and unet/config.json only (no UNet or VAE
   weights: those come from the two repos below);
 - sdxl-lightning-unet-{1,2,4,8}step/: one fp16 UNet state dict each, under ByteDance's names;
-- sdxl-vae-fp16-fix/: config.json + diffusion_pytorch_model.safetensors (fp32, as published).
+- sdxl-vae-fp16-fix/: config.json + diffusion_pytorch_model.safetensors (fp32, as published);
+- controlnet-openpose-sdxl/: a ControlNetModel made from the UNet config (save_pretrained: config.json +
+  diffusion_pytorch_model.safetensors in fp32, as xinsir publishes it), its zero convolutions given
+  random weights so that it does change the UNet's output, as a trained one does;
+- dwpose/: tiny YOLOX and whole-body keypoint ONNX graphs (services/pose/smoke.py).
 The shapes keep SDXL's structure (two text encoders, text_time conditioning, a VAE that scales
 by 8), so the product's loading code runs unchanged against them.
 """
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from prefetch.manifest import smoke_builder
 
+from .controlnet import CONTROLNET_KEY
 from .lightning import BASE_KEY, UNET_FILES, VAE_KEY, unet_key
 
 MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("e", "r</w>"), ("o", "n</w>")]
@@ -127,6 +132,24 @@ def _scheduler():
                                   use_karras_sigmas=False)
 
 
+def write_controlnet(models_dir: Path, shapes: Shapes = TINY, device: str = "cpu") -> None:
+    """A random-weight OpenPose ControlNet matching the UNet of `shapes`, in the published layout."""
+    import torch
+    from diffusers import ControlNetModel
+
+    folder = Path(models_dir) / CONTROLNET_KEY
+    shutil.rmtree(folder, ignore_errors=True)
+    torch.manual_seed(2000)
+    with torch.device(device):
+        channels = (16, 32, 96, 256) if shapes is SDXL else (8, 8, 8, 8)
+        controlnet = ControlNetModel.from_unet(_unet(shapes), conditioning_embedding_out_channels=channels)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                if not param.any():  # the zero convolutions: a trained ControlNet's are not zero
+                    param.normal_(0, 0.05)
+    controlnet.cpu().save_pretrained(str(folder))
+
+
 def write_models(models_dir: Path, shapes: Shapes = TINY, steps: tuple[int, ...] = tuple(UNET_FILES),
                  device: str = "cpu") -> None:
     """Random-weight SDXL-Lightning files under models_dir, in the layout prefetch produces.
@@ -184,4 +207,8 @@ def write_models(models_dir: Path, shapes: Shapes = TINY, steps: tuple[int, ...]
 
 @smoke_builder("image")
 def build(models_dir: Path) -> None:
+    from services.pose.smoke import write_models as write_pose_models
+
     write_models(models_dir)
+    write_controlnet(models_dir)
+    write_pose_models(models_dir)
