@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", help="redis:// or rediss:// URL (ENFOADS_REDIS_URL)")
     parser.add_argument("--front", help="the front's public URL (ENFOADS_FRONT_URL)")
     parser.add_argument("--key", help="the front's worker key (ENFOADS_WORKER_KEY)")
-    parser.add_argument("--families", help="comma-separated: image,face,whisper,tts (ENFOADS_WORKER_FAMILIES)")
+    parser.add_argument("--families", help="comma-separated: image,face,whisper,tts,animate (ENFOADS_WORKER_FAMILIES)")
     parser.add_argument("--name", help="this worker's name in job messages (ENFOADS_WORKER_NAME)")
     parser.add_argument("--jobs-module", action="append", default=None,
                         help="a module whose job_handlers(settings, model_env) adds job kinds (repeatable)")
