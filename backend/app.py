@@ -19,6 +19,7 @@ from .errors import install_error_handlers
 from .jobs import JobManager, JobStore
 from .logs import install_log_filters
 from .proxies import TrustedProxyFix
+from .routes import animate as animate_routes
 from .routes import cluster as cluster_routes
 from .routes import face as face_routes
 from .routes import image as image_routes
@@ -43,6 +44,7 @@ FAMILIES: tuple = (
     face_routes,
     whisper_routes,
     tts_routes,
+    animate_routes,  # after face (it uses buffalo_l) and tts (talking head)
     vita_routes,  # last: it uses the whisper and TTS services installed before it
 )
 

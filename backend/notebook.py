@@ -429,6 +429,8 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "tts": ("chatterbox-es-latam", "spacy-pkuseg-ontonotes"),
     # the assistant hears with whisper and speaks with Chatterbox
     "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-es-latam", "spacy-pkuseg-ontonotes"),
+    # LivePortrait finds faces with buffalo_l (prefetch adds it: the manifest says it requires it)
+    "animate": ("liveportrait",),
 }
 
 

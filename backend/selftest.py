@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-FAMILIES = ("tts", "whisper", "image", "pose", "face", "vita")  # tts first: its speech feeds the others
+FAMILIES = ("tts", "whisper", "image", "pose", "face", "vita", "animate")  # tts first: its speech feeds the others
 # Checks of a feature inside a family: run when the server offers that family's models.
 PART_OF = {"pose": "image"}
 SPEECH_TEXT = "Hola, esta es una prueba del servidor. ¿Me escuchas bien?"
@@ -323,6 +323,19 @@ class SelfTest:
         found, swapped = r.headers.get("X-Faces-Found", "?"), r.headers.get("X-Faces-Swapped", "?")
         providers = r.headers.get("X-Onnx-Providers", "?")
         return (lambda s: f"{s:.2f} s/image"), f"{what}: {found} face(s) found, index(es) {swapped or '-'} swapped, on {providers}"
+
+    def _test_animate(self):
+        source, _, what = face_images(self.profile)
+        samples, rate, said = self.speech_sample()
+        samples = samples[:int(2.0 * rate)]  # two seconds of talking head: 50 frames
+        files = {"source": ("source.png", source), "audio": ("speech.wav", wav_bytes(samples, rate), "audio/wav")}
+        r = self._check(self.http.post(f"{self.url}/talking-head", files=files, timeout=self.timeout))
+        body = r.json()
+        if body["frames"] != round(len(samples) / rate * body["fps"]):
+            raise SelfTestError(f"{body['frames']} frames for {len(samples) / rate:.2f} s of speech at {body['fps']} fps")
+        frames = body["frames"]
+        return ((lambda s: f"{frames / s:.1f} frames/s"),
+                f"{what} speaking {said}: {frames} frames {body['width']}x{body['height']}")
 
     def _test_vita(self):
         exchange = VitaExchange(self.url, self.api_key, timeout=min(self.timeout, 180))

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     face_inswapper_sha256: str | None = Field(
         None, description="expected sha256 of inswapper; default: the published hash (none for smoke "
                           "models); an empty string turns the check off")
+    # --- animate ---
+    animate_max_seconds: float = Field(60, gt=0, description="longest driving video or speech for the animation "
+                                                             "routes (413 beyond)")
+    animate_video_max_pixels: int = Field(1920 * 1088, ge=1, description="largest driving video frame")
+    animate_max_image_pixels: int = Field(40_000_000, ge=1, description="larger source images answer 413")
     # --- whisper ---
     whisper_model: Literal["auto", "large-v3-turbo", "small", "base"] = Field(
         "auto", description="default transcription model; auto: large-v3-turbo, base in the smoke profile")

@@ -39,7 +39,8 @@ log = logging.getLogger("enfoads.worker")
 
 # The families a worker can run and the module that builds each one's service and handlers.
 FAMILY_MODULES = {"image": "backend.routes.image", "face": "backend.routes.face",
-                  "whisper": "backend.routes.whisper", "tts": "backend.routes.tts"}
+                  "whisper": "backend.routes.whisper", "tts": "backend.routes.tts",
+                  "animate": "backend.routes.animate"}
 REPORT_DEADLINE_S = 600.0  # how long a finished job's upload waits for an unreachable front
 PROGRESS_EVERY_S = 0.25  # progress reports at most this often (each answer also says "cancelled?")
 HTTP_TIMEOUT_S = 30.0
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", help="redis:// or rediss:// URL (ENFOADS_REDIS_URL)")
     parser.add_argument("--front", help="the front's public URL (ENFOADS_FRONT_URL)")
     parser.add_argument("--key", help="the front's worker key (ENFOADS_WORKER_KEY)")
-    parser.add_argument("--families", help="comma-separated: image,face,whisper,tts (ENFOADS_WORKER_FAMILIES)")
+    parser.add_argument("--families", help="comma-separated: image,face,whisper,tts,animate (ENFOADS_WORKER_FAMILIES)")
     parser.add_argument("--name", help="this worker's name in job messages (ENFOADS_WORKER_NAME)")
     parser.add_argument("--jobs-module", action="append", default=None,
                         help="a module whose job_handlers(settings, model_env) adds job kinds (repeatable)")

@@ -107,6 +107,7 @@ FACE = True  # @param {type:"boolean"}
 WHISPER = True  # @param {type:"boolean"}
 TTS = True  # @param {type:"boolean"}
 VITA = True  # @param {type:"boolean"}
+ANIMATE = True  # @param {type:"boolean"}
 EXTRA_MODELS = ""  # @param {type:"string"}
 
 from prefetch.__main__ import main as prefetch
@@ -123,8 +124,8 @@ else:
 
     # Models stay on the runtime's fast local disk (Drive would be slow and fill its quota).
     DEFAULT_DATA_DIR, MODELS_DIR = runtime.default_dirs(RUNTIME)
-    names = nb.prefetch_names({"image": IMAGE, "face": FACE, "whisper": WHISPER, "tts": TTS, "vita": VITA},
-                              EXTRA_MODELS)
+    names = nb.prefetch_names({"image": IMAGE, "face": FACE, "whisper": WHISPER, "tts": TTS, "vita": VITA,
+                               "animate": ANIMATE}, EXTRA_MODELS)
     if not names:
         print("Nothing ticked: no model was downloaded. Routes whose models are missing answer 503.")
     rc = prefetch([*names, "--models-dir", str(MODELS_DIR)]) if names else 0

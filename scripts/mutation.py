@@ -42,6 +42,9 @@ MODULES: dict[str, list[str]] = {
     "services/media.py": ["tests/test_media.py"],
     # test_pose.py reaches it too, through HTTP and the tiny SDXL pipeline: minutes per mutant
     "services/pose/dwpose.py": ["tests/test_pose_units.py"],
+    # test_animate*.py reach them too, through the tiny LivePortrait over HTTP: minutes per mutant
+    "services/animate/speech.py": ["tests/test_animate_units.py"],
+    "services/animate/crop.py": ["tests/test_animate_units.py"],
 }
 # Test files that import torch (directly or through the model code) run their mutants from a fork
 # server that never ran a test itself: forking a process whose torch thread pools are running can hang.
