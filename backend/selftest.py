@@ -361,14 +361,23 @@ class _Unavailable(Exception):
     pass
 
 
+def _fatal_error(event) -> bool:
+    """An `error` event that ends the exchange. `audio_throttled` does not: packets dropped when a
+    stalled machine delivers a burst still leave a question the assistant can answer."""
+    name, data = event[0], event[1]
+    return name == "error" and not (isinstance(data, dict) and data.get("code") == "audio_throttled")
+
+
 class VitaExchange:
     """One spoken question on Socket.IO /vita, VITA-1.5's protocol: `audio` packets of 128 int16
     samples as JSON strings; the reply comes as `transcript`, `response_text`, `audio` (int16 PCM,
     24 kHz) and `response_done`, or `error`."""
 
-    def __init__(self, url: str, api_key: str, *, timeout: float = 120.0, speed: float = 1.4):
+    def __init__(self, url: str, api_key: str, *, timeout: float = 120.0, speed: float = 1.0):
         self.url, self.api_key, self.timeout = url, api_key, timeout
-        self.speed = speed  # x real time: under the server's default audio rate limit (1.5)
+        # x real time, a microphone's pace: a busy machine that stalls the sender (or the server)
+        # for a moment then delivers a burst stays inside the server's audio rate limit and burst
+        self.speed = speed
 
     def run(self, speech16k: np.ndarray) -> dict:
         import socketio
@@ -407,7 +416,8 @@ class VitaExchange:
             sent = time.monotonic()
             deadline = sent + self.timeout
             with cond:
-                while not any(e[0] in ("response_done", "error", "too_many_users", "out_time") for e in events):
+                while not any(e[0] in ("response_done", "too_many_users", "out_time") or _fatal_error(e)
+                              for e in events):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         names = [e[0] for e in events] or ["nothing"]
@@ -420,7 +430,7 @@ class VitaExchange:
             except Exception:
                 pass
         for name, data, _ in got:
-            if name == "error":
+            if _fatal_error((name, data)):
                 msg = data.get("message") if isinstance(data, dict) else data
                 code = data.get("code") if isinstance(data, dict) else None
                 if code in ("service_unavailable", "model_unavailable"):
