@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S", stream=sys.stdout)
     server = Server(settings)
     print(f"Local URL: {server.url}\nAPI key:   {server.key_for_display}", flush=True)
+    worker_key = server.app.extensions["enfoads"].worker_key
+    if worker_key is not None:  # distributed mode: what `python -m backend.worker --key` needs
+        shown = worker_key if settings.worker_key is None else "(the one you configured: ENFOADS_WORKER_KEY)"
+        print(f"Worker key (GPU workers only, never a client): {shown}", flush=True)
     if settings.public:
         from .tunnel import open_tunnel
 

@@ -19,6 +19,8 @@ from .errors import install_error_handlers
 from .jobs import JobManager, JobStore
 from .logs import install_log_filters
 from .proxies import TrustedProxyFix
+from .routes import animate as animate_routes
+from .routes import cluster as cluster_routes
 from .routes import face as face_routes
 from .routes import image as image_routes
 from .routes import jobs as job_routes
@@ -44,6 +46,7 @@ FAMILIES: tuple = (
     restore_routes,  # after face: it detects faces with the face service's pack
     whisper_routes,
     tts_routes,
+    animate_routes,  # after face (it uses buffalo_l) and tts (talking head)
     vita_routes,  # last: it uses the whisper and TTS services installed before it
 )
 
@@ -65,6 +68,24 @@ def make_offloader(settings: Settings) -> VramOffloader:
         host_ram_budget_bytes=int(settings.host_ram_budget_gb * GB),
         idle_offload_s=settings.idle_offload_seconds,
     )
+
+
+def make_job_manager(settings: Settings, vram) -> JobManager:
+    """Single process (the default) or, with ENFOADS_REDIS_URL, the front of a cluster: one interface."""
+    common = dict(queue_max=settings.queue_max, retention_s=settings.job_retention_hours * 3600,
+                  interactive_burst=settings.interactive_burst, vram=vram)
+    if settings.redis_url is None:
+        return JobManager(JobStore(settings.db_path), settings.outputs_dir, **common)
+    from .cluster.front import ClusterJobManager
+    from .cluster.queue import make_broker, redacted
+
+    url = settings.redis_url.get_secret_value()
+    log.info("distributed mode: jobs go to the workers through Redis at %s", redacted(url))
+    return ClusterJobManager(JobStore(settings.db_path), settings.outputs_dir, broker=make_broker(settings),
+                             redis_url=url, data_dir=settings.data_dir,
+                             worker_lost_s=settings.cluster_worker_lost_s,
+                             max_attempts=settings.cluster_max_attempts,
+                             time_limit_s=settings.cluster_job_time_limit_s, **common)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -103,13 +124,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     api_key = auth.load_or_create_key(settings.data_dir,
                                       settings.api_key.get_secret_value() if settings.api_key else None)
     vram = make_offloader(settings)
-    jobs = JobManager(JobStore(settings.db_path), settings.outputs_dir, queue_max=settings.queue_max,
-                      retention_s=settings.job_retention_hours * 3600,
-                      interactive_burst=settings.interactive_burst, vram=vram)
+    jobs = make_job_manager(settings, vram)
+    worker_key = None
+    if settings.redis_url is not None:
+        worker_key = auth.load_or_create_key(settings.data_dir, settings.worker_key.get_secret_value()
+                                             if settings.worker_key else None, filename=auth.WORKER_KEY_FILE,
+                                             prefix="enfw-")
+        if worker_key == api_key:
+            raise ValueError("ENFOADS_WORKER_KEY must differ from the API key: workers and clients hold different keys")
     model_env = ModelEnv(models_dir=settings.models_dir, profile=settings.profile, device=settings.resolved_device,
                          dtype=settings.dtype_name, vram=vram, data_dir=settings.data_dir)
     b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio,
-                socket_guard=guard)
+                socket_guard=guard, worker_key=worker_key)
     app.extensions["enfoads"] = b
 
     install_error_handlers(app)
@@ -119,6 +145,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(system_routes.bp)
     app.register_blueprint(job_routes.bp)
     install_sockets(socketio, b)
+    if worker_key is not None:
+        cluster_routes.install(app, b)
     for family in FAMILIES:
         family.install(app, b)
 

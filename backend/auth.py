@@ -19,24 +19,26 @@ log = logging.getLogger("enfoads.auth")
 
 PUBLIC_PATHS = {"/health"}
 KEY_FILE = "api_key"
+WORKER_KEY_FILE = "worker_key"
 
 
-def load_or_create_key(data_dir: Path, configured: str | None) -> str:
+def load_or_create_key(data_dir: Path, configured: str | None, *, filename: str = KEY_FILE,
+                       prefix: str = "enf-") -> str:
     """The configured key wins; otherwise one is generated once and kept in data/ (mode 0600)."""
     if configured:
         return configured
-    path = data_dir / KEY_FILE
+    path = data_dir / filename
     if path.exists():
         make_private(path, 0o600)  # a key file from an older version or a copy may be world-readable
         key = path.read_text().strip()
         if key:
             return key
     data_dir.mkdir(parents=True, exist_ok=True)
-    key = "enf-" + secrets.token_urlsafe(24)
+    key = prefix + secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
-    log.info("generated a new API key in %s", path)
+    log.info("generated a new key in %s", path)
     return key
 
 

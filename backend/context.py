@@ -20,10 +20,12 @@ class Backend:
     model_env: Any  # services.model_env.ModelEnv
     socketio: Any
     socket_guard: Any = None  # backend.socket_guard.SocketGuard
+    worker_key: str | None = None  # distributed mode: the key GPU workers present (never a client's)
     started_at: float = field(default_factory=time.time)
     models: list[dict] = field(default_factory=list)  # /v1/models entries added by each family
     whisper: Any = None  # services.whisper WhisperService, once its family is installed
     tts: Any = None  # services.tts TtsService, likewise (the realtime assistant uses both)
+    vlms: dict = field(default_factory=dict)  # manifest key -> VlmBrain, shared by VITA and the magic prompt (vlm.py)
 
 
 def backend() -> Backend:

@@ -3,7 +3,8 @@
 queued -> running (progress 0..1 + message) <-> paused -> succeeded | failed | cancelled. Jobs live in
 SQLite (WAL) so nothing is lost on a crash; one worker thread runs them (one GPU); a failing job
 fails alone. At start-up a job found "running" or "paused" was interrupted by a restart and becomes
-failed; queued jobs run again. The queue sits behind `JobManager` so a Redis engine can replace it.
+failed; queued jobs run again. Distributed mode (backend/cluster) subclasses `JobManager`: the routes
+see the same interface.
 
 Two lanes, one queue each: `interactive` (short by nature) runs before `batch` (videos, long audio).
 A batch job yields at its progress checkpoints while interactive work waits: the worker runs that
@@ -135,21 +136,41 @@ class JobStore:
             rows = self._db.execute(sql, [*args, limit]).fetchall()
         return [self._row_to_job(r) for r in rows]
 
-    def recover(self) -> list[Job]:
-        """Mark jobs left running (or paused) by a dead process as failed; return queued jobs, oldest first."""
+    def recover(self, kinds: set[str] | None = None) -> list[Job]:
+        """Mark jobs left running (or paused) by a dead process as failed; return queued jobs, oldest first.
+        `kinds`: only jobs of these kinds (the others run elsewhere: distributed mode's workers)."""
         now = time.time()
         error = json.dumps({"kind": "interrupted", "message": INTERRUPTED})
+        only, args = "", []
+        if kinds is not None:
+            args = sorted(kinds)
+            only = f" AND kind IN ({','.join('?' * len(args))})"
         with self._lock:
-            interrupted = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status IN (?, ?)",
-                                           (RUNNING, PAUSED)).fetchall()
-            self._db.execute("UPDATE jobs SET status=?, message=?, error=?, finished_at=? WHERE status IN (?, ?)",
-                             (FAILED, INTERRUPTED, error, now, RUNNING, PAUSED))
-            rows = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status=? ORDER BY created_at",
-                                    (QUEUED,)).fetchall()
+            interrupted = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status IN (?, ?){only}",
+                                           (RUNNING, PAUSED, *args)).fetchall()
+            self._db.execute(f"UPDATE jobs SET status=?, message=?, error=?, finished_at=? WHERE status IN (?, ?){only}",
+                             (FAILED, INTERRUPTED, error, now, RUNNING, PAUSED, *args))
+            rows = self._db.execute(f"SELECT {','.join(self.COLUMNS)} FROM jobs WHERE status=?{only} ORDER BY created_at",
+                                    (QUEUED, *args)).fetchall()
         for row in interrupted:
             for path in self._row_to_job(row).uploads:
                 Path(path).unlink(missing_ok=True)
         return [self._row_to_job(r) for r in rows]
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+
+    def count(self, status: str, *, lane: str | None = None, exclude_kinds: set[str] = frozenset()) -> int:
+        sql, args = "SELECT COUNT(*) FROM jobs WHERE status=?", [status]
+        if lane is not None:
+            sql += " AND lane=?"
+            args.append(lane)
+        if exclude_kinds:
+            sql += f" AND kind NOT IN ({','.join('?' * len(exclude_kinds))})"
+            args += sorted(exclude_kinds)
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()[0]
 
     def delete_finished_before(self, cutoff: float) -> list[str]:
         """Remove finished jobs that ended before `cutoff` (unix time); returns their ids."""
@@ -248,7 +269,7 @@ class JobManager:
         if self._thread is not None:
             return
         with self._cond:
-            for job in self.store.recover():
+            for job in self._recover():
                 if job.id in self._done:
                     continue  # submitted before start(): queued already
                 if job.kind in self._handlers:
@@ -261,6 +282,9 @@ class JobManager:
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="enfoads-gpu-worker", daemon=True)
         self._thread.start()
+
+    def _recover(self) -> list[Job]:
+        return self.store.recover()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:

@@ -241,6 +241,9 @@ def stop_server() -> None:
         view.detach()
 
 
+QUIET_UNLESS_SET = {"redis_url", "worker_key"}
+
+
 def settings_for(*, ci: bool, data_dir: Path, **overrides) -> Settings:
     """The notebook's settings: Colab or Kaggle (GPU), or CI mode (smoke models on the CPU, a free port)."""
     if ci:
@@ -254,12 +257,15 @@ def settings_for(*, ci: bool, data_dir: Path, **overrides) -> Settings:
                   if f"ENFOADS_{name.upper()}" not in os.environ}
         values["data_dir"] = data_dir
         # Notebook secrets are not in the environment: a fixed key or domain set as a secret is read here.
-        for setting, name in (("api_key", "ENFOADS_API_KEY"), ("ngrok_domain", "NGROK_DOMAIN")):
+        for setting, name in (("api_key", "ENFOADS_API_KEY"), ("ngrok_domain", "NGROK_DOMAIN"),
+                              ("redis_url", "ENFOADS_REDIS_URL"), ("worker_key", "ENFOADS_WORKER_KEY")):
             if name in os.environ or f"ENFOADS_{setting.upper()}" in os.environ:
                 continue
             value, _source, problem = runtime.secret(name)
             if value:
                 values[setting] = value
+            elif problem and "does not exist" not in problem and setting in QUIET_UNLESS_SET:
+                pass  # optional (distributed mode): a missing secret is the normal case, said nothing about
             elif problem and "does not exist" not in problem:
                 print(f"{name}: {problem}; " + ("a generated key is used instead." if setting == "api_key"
                                                 else "the tunnel gets a new random URL."))
@@ -285,7 +291,50 @@ def connection_help(server: Server, public_url: str | None, provider: str | None
     else:
         lines.append("This URL is local to this machine (no tunnel).")
     lines.append(f"Check it: curl {url}/health")
+    b = server.app.extensions["enfoads"] if hasattr(server, "app") else None
+    if b is not None and b.worker_key is not None:  # distributed mode: what each GPU worker needs (README "Several GPUs")
+        lines += ["", "Distributed mode: jobs go to GPU workers through Redis. On each worker notebook, choose",
+                  f"MODE = worker, FRONT_URL = {url}, and set the secrets ENFOADS_REDIS_URL (the same",
+                  "Redis) and ENFOADS_WORKER_KEY:", f"  {b.worker_key}",
+                  "(the worker key: never give it to a client; it is not an API key)."]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- worker
+
+_worker = None  # one worker per kernel, like the server
+
+
+def start_worker(settings: Settings):
+    """Worker mode: this runtime's GPU runs jobs for a front elsewhere (no server, no tunnel)."""
+    global _worker
+    from .worker import FrontRefused, Worker
+
+    with _lock:
+        if _worker is not None:
+            print(f"The worker {_worker.name} is already running (started by an earlier run of this cell).")
+            return _worker
+        try:
+            worker = Worker(settings)
+            worker.check_front()
+        except SystemExit as exc:  # a missing setting: the message says which
+            raise RuntimeError(str(exc)) from None
+        except FrontRefused as exc:
+            raise RuntimeError(f"the front refused this worker: {exc}. Copy the worker key the front's "
+                               "server cell printed into the ENFOADS_WORKER_KEY secret.") from None
+        worker.start()
+        _worker = worker
+    print(f"Worker {worker.name} is running jobs of {', '.join(settings.worker_families)} for "
+          f"{settings.front_url}. Keep this runtime open; it serves nothing itself.")
+    return worker
+
+
+def stop_worker() -> None:
+    global _worker
+    with _lock:
+        if _worker is not None:
+            _worker.stop()
+            _worker = None
 
 
 # ----------------------------------------------------------------------------------- diagnostics
@@ -383,6 +432,8 @@ DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "tts": ("chatterbox-es-latam", "spacy-pkuseg-ontonotes"),
     # the assistant hears with whisper and speaks with Chatterbox
     "vita": ("vita", "whisper-large-v3-turbo", "chatterbox-es-latam", "spacy-pkuseg-ontonotes"),
+    # LivePortrait finds faces with buffalo_l (prefetch adds it: the manifest says it requires it)
+    "animate": ("liveportrait",),
 }
 
 

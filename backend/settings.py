@@ -69,6 +69,34 @@ class Settings(BaseSettings):
                                                         "restarts (also NGROK_DOMAIN or the notebook secret)")
     public: bool = False
     log_level: str = "INFO"
+    # --- distributed mode (README "Several GPUs") ---
+    redis_url: SecretStr | None = Field(
+        None, description="redis:// or rediss:// URL of the job queue shared by the front and its GPU workers; "
+                          "unset: single process (no Redis)")
+    worker_key: SecretStr | None = Field(
+        None, description="the key workers present to the front (never a client's API key); unset on the front: "
+                          "generated once into data/worker_key")
+    front_url: str | None = Field(None, description="worker: the front's public URL (inputs, progress, outputs)")
+    worker_families: Annotated[list[str], NoDecode] = Field(
+        [], description="worker: the job families it runs (image, face, whisper, tts), comma-separated")
+    worker_name: str = Field("", description="worker: its name in job messages and logs; default host-pid")
+    worker_job_modules: Annotated[list[str], NoDecode] = Field(
+        [], description="worker and front: modules whose `job_handlers(settings, model_env)` add job kinds")
+    cluster_namespace: str = Field("enfoads", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                   description="prefix of every Redis key (deployments may share one Redis)")
+    cluster_heartbeat_timeout_s: float = Field(
+        60, gt=0, description="a worker silent on Redis this long is dead: its job goes to another worker")
+    cluster_maintenance_share: float = Field(
+        0.1, gt=0, le=1, description="share of a worker's Redis polls that also look for dead workers' jobs")
+    cluster_poll_max_ms: int = Field(
+        250, ge=10, le=5000, description="worker: longest wait between polls of an idle queue (the delay a new "
+                                         "job may sit in Redis; each poll is a Redis command)")
+    cluster_worker_lost_s: float = Field(
+        120, gt=0, description="front: a running job whose worker has not reported for this long is lost "
+                               "(queued again while attempts remain, else failed: worker lost)")
+    cluster_max_attempts: int = Field(2, ge=1, le=10, description="deliveries of one job before it fails")
+    cluster_job_time_limit_s: float = Field(3 * 3600, gt=0, description="longest a worker runs one job")
+
     # --- tts ---
     tts_default_model: str = Field("", description="model when a request names none (or an OpenAI name: tts-1, "
                                                    "gpt-4o-mini-tts); empty: the best one present for the language")
@@ -119,6 +147,11 @@ class Settings(BaseSettings):
                                                                     "joins)")
     restore_max_output_pixels: int = Field(50_000_000, ge=1, description="largest upscaled image (width x height); "
                                                                          "413 beyond")
+    # --- animate ---
+    animate_max_seconds: float = Field(60, gt=0, description="longest driving video or speech for the animation "
+                                                             "routes (413 beyond)")
+    animate_video_max_pixels: int = Field(1920 * 1088, ge=1, description="largest driving video frame")
+    animate_max_image_pixels: int = Field(40_000_000, ge=1, description="larger source images answer 413")
     # --- whisper ---
     whisper_model: Literal["auto", "large-v3-turbo", "small", "base"] = Field(
         "auto", description="default transcription model; auto: large-v3-turbo, base in the smoke profile")
@@ -144,7 +177,16 @@ class Settings(BaseSettings):
     image_default_steps: Literal[1, 2, 4, 8] = 4
     image_max_n: int = Field(4, ge=1, le=16, description="most images one request may ask for")
     image_cache_mb: float = Field(512, ge=0, description="disk kept for cached images; 0 turns the cache off")
-    image_magic_prompt_engine: Literal["rules"] = "rules"
+    image_magic_prompt_engine: Literal["auto", "rules", "llm"] = Field(
+        "auto", description="engine of /magic-prompt when a request names none; auto: llm when its model is "
+                            "present, else rules")
+    image_magic_prompt_model: str | None = Field(
+        None, description="manifest key of the Qwen2-VL model the llm engine runs as a text model; default: "
+                          "vita_vlm (the assistant's, so nothing more to download)")
+    image_magic_prompt_timeout_s: float = Field(
+        30, gt=0, description="the llm engine's deadline (a cold model load included); past it, the rules "
+                              "engine answers, with a warning")
+    image_magic_prompt_max_new_tokens: int = Field(96, ge=8, le=512, description="most tokens the llm engine writes")
     image_pose_max_pixels: int = Field(
         40_000_000, ge=1, description="largest pose_image, pose_reference or /pose photo in pixels (413 beyond, "
                                       "refused before decoding); DWPose runs on the face_execution_provider")
@@ -181,6 +223,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, v):
         if isinstance(v, str):
             return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("worker_families", "worker_job_modules", mode="before")
+    @classmethod
+    def _split_names(cls, v):
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
         return v
 
     @field_validator("vita_languages", mode="before")

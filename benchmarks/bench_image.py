@@ -9,6 +9,10 @@ Run by hand from the repo root:
         /upscale x4 through HTTP + job + offloader vs a direct spandrel call on the same model (goal <= 1.10);
         tiny Real-ESRGAN unless --models-dir holds realesrgan-x4plus/RealESRGAN_x4plus.pth; on a GPU also a
         1024x1024 x4 upscale at Real-ESRGAN's real size (the real file, else random weights of its shapes)
+    .venv/bin/python -m benchmarks.bench_image --magic [--models-dir data/models]   magic prompt: llm vs rules
+
+--magic times /magic-prompt through HTTP with engine=rules and engine=llm side by side (the tiny
+smoke VLM + SDXL tokenizer, or with --models-dir the real Qwen2-VL-2B, on a GPU when there is one).
 
 --sdxl loads the real models when prefetched (`python -m prefetch image`, colab/local profile), else
 writes random weights with SDXL base 1.0's real shapes (same compute and memory), and reports load
@@ -188,6 +192,55 @@ def pose_overhead(models: Path, n: int, size: int, steps: int) -> None:
           f"then median {statistics.median(pose_times) * 1000:.1f} ms")
     print("GPU (T4, SDXL + ControlNet at real sizes, 1024x1024, 4 steps): not measured here; "
           "run `python -m benchmarks.bench_image --sdxl` on the GPU")
+
+
+MAGIC_IDEAS = ["zapatillas rojas en la playa al atardecer", "una taza de café con fondo blanco",
+               "mujer joven sonriente bebiendo jugo de naranja", "a lighthouse by the sea in a storm",
+               "promoción de navidad, tienda de ropa elegante", "perro corriendo en el parque"]
+
+
+def magic_prompt_engines(models: Path, n: int, profile: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(profile=profile, data_dir=Path(tmp), models_dir=models, api_key="bench", port=0,
+                                 image_magic_prompt_timeout_s=600)
+        server = Server(settings).start()
+        session = requests.Session()
+        headers = {"Authorization": "Bearer bench"}
+
+        def call(engine: str, idea: str) -> tuple[float, dict]:
+            t = time.perf_counter()
+            r = session.post(f"{server.url}/magic-prompt", json={"idea": idea, "style": "product", "engine": engine},
+                             headers=headers, timeout=600)
+            r.raise_for_status()
+            return time.perf_counter() - t, r.json()
+
+        try:
+            t = time.perf_counter()
+            _, first = call("llm", MAGIC_IDEAS[0])  # the model's load
+            load_s = time.perf_counter() - t
+            if first["engine"] != "llm":
+                print(f"magic prompt: the llm engine did not answer: {first['warnings']}")
+                return
+            times: dict[str, list[float]] = {"rules": [], "llm": []}
+            samples = []
+            for i in range(n):  # interleaved, so drift hits both sides alike
+                idea = MAGIC_IDEAS[i % len(MAGIC_IDEAS)]
+                for engine in ("rules", "llm"):
+                    seconds, data = call(engine, idea)
+                    assert data["engine"] == engine, data
+                    times[engine].append(seconds)
+                    if i < len(MAGIC_IDEAS):
+                        samples.append((engine, data["tokens"], data["tokenizer"], data["prompt"]))
+            device = settings.resolved_device
+        finally:
+            server.stop()
+    r, m = statistics.median(times["rules"]), statistics.median(times["llm"])
+    print(f"magic prompt through HTTP, {device}, {profile} models, n={n} per engine (first llm call with its "
+          f"load: {load_s:.2f} s)")
+    print(f"rules median {r * 1000:8.1f} ms  (max {max(times['rules']) * 1000:.1f} ms)")
+    print(f"llm   median {m * 1000:8.1f} ms  (max {max(times['llm']) * 1000:.1f} ms)  = {m / r:.0f}x rules")
+    for engine, tokens, tokenizer, prompt in samples:
+        print(f"  {engine:5} {tokens:3} tokens ({tokenizer}): {prompt[:150]!r}")
 
 
 def sdxl_on_gpu(n: int) -> None:
@@ -394,7 +447,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, choices=sorted(UNET_FILES))
     parser.add_argument("--sdxl", action="store_true", help="GPU: SDXL's real sizes at 1024x1024")
     parser.add_argument("--upscale", action="store_true", help="/upscale vs a direct spandrel call")
-    parser.add_argument("--models-dir", type=Path, default=None, help="--upscale: real models (else tiny ones)")
+    parser.add_argument("--magic", action="store_true", help="magic prompt: engine llm vs rules through HTTP")
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="--upscale / --magic with real models (else tiny ones)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.upscale:
@@ -413,6 +468,17 @@ def main() -> None:
         sdxl_on_gpu(min(args.n, 10))
         return
     from prefetch import manifest
+
+    if args.magic:
+        if args.models_dir:
+            magic_prompt_engines(args.models_dir, args.n, profile="local")
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest.discover_smoke_builders(families=("vita", "image"))
+            manifest.SMOKE_BUILDERS["vita"](Path(tmp))
+            manifest.SMOKE_BUILDERS["image"](Path(tmp))
+            magic_prompt_engines(Path(tmp), args.n, profile="smoke")
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest.discover_smoke_builders(families=["image"])

@@ -109,6 +109,7 @@ FACE = True  # @param {type:"boolean"}
 WHISPER = True  # @param {type:"boolean"}
 TTS = True  # @param {type:"boolean"}
 VITA = True  # @param {type:"boolean"}
+ANIMATE = True  # @param {type:"boolean"}
 EXTRA_MODELS = ""  # @param {type:"string"}
 
 from prefetch.__main__ import main as prefetch
@@ -125,8 +126,8 @@ else:
 
     # Models stay on the runtime's fast local disk (Drive would be slow and fill its quota).
     DEFAULT_DATA_DIR, MODELS_DIR = runtime.default_dirs(RUNTIME)
-    names = nb.prefetch_names({"image": IMAGE, "face": FACE, "whisper": WHISPER, "tts": TTS, "vita": VITA},
-                              EXTRA_MODELS)
+    names = nb.prefetch_names({"image": IMAGE, "face": FACE, "whisper": WHISPER, "tts": TTS, "vita": VITA,
+                               "animate": ANIMATE}, EXTRA_MODELS)
     if not names:
         print("Nothing ticked: no model was downloaded. Routes whose models are missing answer 503.")
     rc = prefetch([*names, "--models-dir", str(MODELS_DIR)]) if names else 0
@@ -142,27 +143,38 @@ SERVER = """\
 # @markdown Colab: keep data (jobs, outputs, voices, the API key) in Google Drive so it survives a
 # @markdown runtime reset. (Kaggle keeps it in /kaggle/working, saved with a notebook version.)
 USE_DRIVE = False  # @param {type:"boolean"}
+# @markdown Several GPUs (README "Several GPUs"): `server` is the front (one URL for the frontend); with
+# @markdown the secret ENFOADS_REDIS_URL set it sends jobs to workers. `worker` runs jobs of the families
+# @markdown below for the front at FRONT_URL (secrets ENFOADS_REDIS_URL and ENFOADS_WORKER_KEY).
+MODE = "server"  # @param ["server", "worker"]
+FRONT_URL = ""  # @param {type:"string"}
+WORKER_FAMILIES = "image,face,whisper,tts"  # @param {type:"string"}
 
 if CI_MODE:
     settings = nb.settings_for(ci=True, data_dir=DATA_DIR)
+elif MODE == "worker":
+    settings = nb.settings_for(ci=False, data_dir=DEFAULT_DATA_DIR, models_dir=MODELS_DIR, front_url=FRONT_URL,
+                               worker_families=WORKER_FAMILIES)
 else:
     if USE_DRIVE and RUNTIME != "colab":
         print("USE_DRIVE works in Colab only: data stays in", DEFAULT_DATA_DIR)
     drive_dir = nb.mount_drive("EnfoadsIA") if USE_DRIVE else None
     settings = nb.settings_for(ci=False, data_dir=drive_dir or DEFAULT_DATA_DIR, models_dir=MODELS_DIR)
 
-server = nb.start_server(settings)  # a second run of this cell reuses the running server (and says what it kept)
-
-if CI_MODE:
-    public_url, provider = None, None
-    print("CI mode: no Drive, no tunnel")
+if MODE == "worker" and not CI_MODE:
+    server, worker = None, nb.start_worker(settings)  # pulls jobs; opens no port, needs no tunnel
 else:
-    from backend.tunnel import open_tunnel
+    server = nb.start_server(settings)  # a second run of this cell reuses the running server (and says what it kept)
+    if CI_MODE:
+        public_url, provider = None, None
+        print("CI mode: no Drive, no tunnel")
+    else:
+        from backend.tunnel import open_tunnel
 
-    tunnel = open_tunnel(server.port, authtoken=settings.ngrok_authtoken, domain=server.settings.ngrok_domain)
-    print(tunnel.message)
-    public_url, provider = tunnel.public_url, tunnel.provider
-print(nb.connection_help(server, public_url, provider))
+        tunnel = open_tunnel(server.port, authtoken=settings.ngrok_authtoken, domain=server.settings.ngrok_domain)
+        print(tunnel.message)
+        public_url, provider = tunnel.public_url, tunnel.provider
+    print(nb.connection_help(server, public_url, provider))
 """
 
 DIAGNOSTICS = """\
@@ -171,15 +183,18 @@ DIAGNOSTICS = """\
 # @markdown (load time, VRAM change, speed on this GPU); a live VRAM view.
 RUN_SELF_TEST = True  # @param {type:"boolean"}
 
-print(nb.diagnostics_text(server.settings))  # the running server's settings, not the last form values
-print()
-if RUN_SELF_TEST or CI_MODE:
-    from backend.selftest import SelfTest, format_results
-
-    results = SelfTest(server.url, server.api_key).run()
+if server is None:  # worker mode: the self-test runs on the front, through its URL
+    print(nb.diagnostics_text(worker.settings))
+else:
+    print(nb.diagnostics_text(server.settings))  # the running server's settings, not the last form values
     print()
-    print(format_results(results))
-vram_box = nb.vram_view(server, seconds=10 if CI_MODE else 6 * 3600)
+    if RUN_SELF_TEST or CI_MODE:
+        from backend.selftest import SelfTest, format_results
+
+        results = SelfTest(server.url, server.api_key).run()
+        print()
+        print(format_results(results))
+    vram_box = nb.vram_view(server, seconds=10 if CI_MODE else 6 * 3600)
 """
 
 CI_CHECK = """\

@@ -5,10 +5,11 @@ Usage:
     python -m prefetch --check [FAMILY|MODEL ...]    offline: what is present, what is missing
     python -m prefetch --list [FAMILY ...]           the manifest as a table
     python -m prefetch --json [FAMILY ...]           the manifest as JSON (also: --list --json)
-    python -m prefetch --smoke [--data-dir D] [--module M ...] [--no-discover] [FAMILY ...]
+    python -m prefetch --smoke [--data-dir D | --models-dir M] [--module M ...] [--no-discover] [FAMILY ...]
                                                      build the tiny random-weight smoke models of
                                                      every family that registered a builder, into
-                                                     <data dir>/models/ (no network)
+                                                     the models dir (--models-dir, $ENFOADS_MODELS_DIR,
+                                                     else <data dir>/models/; no network)
 
 FAMILY is one of image, face, whisper, tts, vita; MODEL a manifest key (see --list). Hub models go
 into the Hugging Face cache (HF_HOME / --cache-dir) at the manifest's pinned revision, with
@@ -98,13 +99,12 @@ def format_table(specs: list[mf.ModelSpec]) -> str:
     return "\n".join(lines)
 
 
-def run_smoke(data_dir: Path, families: list[str], modules: list[str],
+def run_smoke(models: Path, families: list[str], modules: list[str],
               discover: bool = True) -> int:
     wanted = families or list(mf.FAMILIES)
     errors = mf.discover_smoke_builders(modules, families=wanted, discover=discover)
     for module, err in errors.items():
         print(f"error: smoke builder module {module} failed to import: {err}", file=sys.stderr)
-    models = mf.models_dir(data_dir)
     models.mkdir(parents=True, exist_ok=True)
     failed = bool(errors)
     missing = []
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true", help="print the manifest as a table")
     mode.add_argument("--smoke", action="store_true",
-                      help="build tiny random-weight models into <data dir>/models/")
+                      help="build tiny random-weight models into the models dir")
     mode.add_argument("--all", action="store_true", help="download every family's models")
     mode.add_argument("--check", action="store_true",
                       help="offline: which of the chosen models are present, which are missing")
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         smoke_families = [f for f in args.families if f in mf.FAMILIES]
         if len(smoke_families) != len(args.families):
             parser.error("--smoke takes families, not model keys")
-        return run_smoke(data_dir, smoke_families, args.module, discover=not args.no_discover)
+        return run_smoke(models_dir, smoke_families, args.module, discover=not args.no_discover)
     if args.check:
         return run_check(dl.select(args.families), models_dir, args.cache_dir)
     if args.all or args.families:

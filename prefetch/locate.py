@@ -20,8 +20,8 @@ def prefetch_command(*models: ModelSpec | str, profile: str, models_dir: Path | 
     else:
         keys = " ".join(m.key if isinstance(m, ModelSpec) else m for m in models)
         command = f"python -m prefetch {keys}"
-        if models_dir is not None:
-            command += f" --models-dir {shlex.quote(str(Path(models_dir).resolve()))}"
+    if models_dir is not None:
+        command += f" --models-dir {shlex.quote(str(Path(models_dir).resolve()))}"
     # the server runs inside the notebook's kernel: a shell line there needs the `!`
     return ("!" + command) if "ipykernel" in sys.modules else command
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Mapping
 
 log = logging.getLogger("enfoads.prefetch")
 
-FAMILIES: tuple[str, ...] = ("image", "face", "whisper", "tts", "vita")
+FAMILIES: tuple[str, ...] = ("image", "face", "whisper", "tts", "vita", "animate")
 RUNTIMES: tuple[str, ...] = ("torch", "ctranslate2", "onnx")
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -322,6 +322,7 @@ _SPECS: list[ModelSpec] = [
             "1k3d68.onnx": "df5c06b8a0c12e422b2ed8947b8869faa4105387f199c477af038aa01f9a45cc",
         },
         size_bytes=341_268_726,  # the five extracted .onnx files
+        also_used_by=("animate",),
         vram_bytes={"fp32": 1_000 * MB},  # fp32 ONNX graphs + cuDNN workspace
         license="non-commercial (InsightFace models)",
         runtime="onnx",
@@ -682,6 +683,30 @@ _SPECS: list[ModelSpec] = [
         runtime="torch",
         note="Qwen2VLForConditionalGeneration (transformers, no remote code); cap the image "
         "max_pixels so frames stay a few hundred tokens",
+    ),
+    # ---- animate: LivePortrait (human model), our own modules with the published key layout
+    ModelSpec(
+        key="liveportrait",
+        family="animate",
+        repo_id="KwaiVGI/LivePortrait",
+        revision="main",  # TODO pin (no commit sha of this repo found in public material)
+        files=(
+            "liveportrait/base_models/appearance_feature_extractor.pth",
+            "liveportrait/base_models/motion_extractor.pth",
+            "liveportrait/base_models/warping_module.pth",
+            "liveportrait/base_models/spade_generator.pth",
+            "liveportrait/retargeting_models/stitching_retargeting_module.pth",
+        ),
+        # 3.4 + 112 + 182 + 222 + 2.4 MB (file sizes as public projects list them)
+        size_bytes=522 * MB,
+        # fp32 weights (~0.52 GB, autocast to fp16 on a T4) + the warping module's 3D volumes and
+        # the decoder's 512x512 activations, batch 1
+        vram_bytes={"fp16": 4_000 * MB, "fp32": 6_000 * MB},
+        license="mit",
+        runtime="torch",
+        note="face crop and landmarks come from buffalo_l (needed too); the repo's insightface/ and "
+        "landmark.onnx are not used",
+        requires=("buffalo_l",),
     ),
     ModelSpec(
         key="silero-vad",

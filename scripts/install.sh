@@ -5,8 +5,9 @@
 #   scripts/install.sh            CPU machine / CI: a venv at ${ENFOADS_VENV:-.venv} (repo root)
 #   scripts/install.sh --dev      ... plus test tools (requirements/dev.txt) and the Debian
 #                                 packages the tests use (espeak-ng, sox, chromium, chromium-driver)
-#   scripts/install.sh --colab    Google Colab: into Colab's own Python, no venv; Colab's torch,
-#                                 torchaudio, torchvision and numpy are held, never reinstalled
+#   scripts/install.sh --colab    Google Colab or Kaggle: into the kernel's own Python, no venv; its
+#                                 torch, torchaudio, torchvision, numpy and protobuf are held, never
+#                                 reinstalled (scripts/runtime_holds.py)
 #   --clean                       (CPU mode) delete the venv first
 #   --force                       ignore the up-to-date stamp
 #
@@ -62,7 +63,8 @@ python_ok() {  # $1: interpreter; true if it is CPython 3.11-3.13
 # ---------------------------------------------------------------------------------------------
 # Debian packages the tests need (--dev, CPU mode). Tolerant: never fails the install.
 # ---------------------------------------------------------------------------------------------
-APT_PACKAGES=(espeak-ng sox chromium chromium-driver fonts-liberation)
+# redis-server: the cluster tests start their own on a free loopback port (never a system one).
+APT_PACKAGES=(espeak-ng sox chromium chromium-driver fonts-liberation redis-server)
 
 apt_install() {
     local missing=() p
@@ -95,7 +97,8 @@ apt_install() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Colab: Colab's own Python, keep its torch/torchaudio/torchvision/numpy.
+# Colab and Kaggle (its GPU image is built on Colab's): the kernel's own Python, its torch,
+# torchaudio, torchvision, numpy and protobuf held.
 # ---------------------------------------------------------------------------------------------
 install_colab() {
     PY="${PYTHON:-python3}"
@@ -103,18 +106,10 @@ install_colab() {
     mkdir -p "$work"
     local cons="$work/colab-constraints.txt" base="$work/pip-check-before.txt"
 
-    # Exact versions of what Colab ships. (Not `pip freeze`: it prints `torch @ https://...`
-    # for wheels installed from a URL, which pip refuses as a constraint.)
-    "$PY" - >"$cons" <<'EOF'
-import importlib.metadata as md
-for name in ("torch", "torchaudio", "torchvision", "numpy"):
-    try:
-        print(f"{name}=={md.version(name)}")
-    except md.PackageNotFoundError:
-        pass
-EOF
+    # Exact versions of what the runtime ships, held (scripts/runtime_holds.py says which and why).
+    "$PY" scripts/runtime_holds.py >"$cons"
     grep -q '^torch==' "$cons" || die "no torch in this Python: --colab expects Colab's runtime"
-    log "holding Colab's: $(tr '\n' ' ' <"$cons")"
+    log "holding the runtime's: $(tr '\n' ' ' <"$cons")"
 
     # Colab's image has broken requirements of its own: remember them, so pip_check.py only
     # judges what this install changed.

@@ -42,6 +42,9 @@ MODULES: dict[str, list[str]] = {
     "services/media.py": ["tests/test_media.py"],
     # test_pose.py reaches it too, through HTTP and the tiny SDXL pipeline: minutes per mutant
     "services/pose/dwpose.py": ["tests/test_pose_units.py"],
+    # test_animate*.py reach them too, through the tiny LivePortrait over HTTP: minutes per mutant
+    "services/animate/speech.py": ["tests/test_animate_units.py"],
+    "services/animate/crop.py": ["tests/test_animate_units.py"],
     # test_restore.py reaches them too, through HTTP and the tiny models: slower per mutant
     "services/restore/params.py": ["tests/test_restore_units.py"],
     "services/restore/tiles.py": ["tests/test_restore_units.py"],

@@ -90,6 +90,8 @@ KNOWN: tuple[Known, ...] = (
     Known(*_MOSHI, "bitsandbytes", MISSING, "8-bit quantization only, not used"),
     Known(*_MOSHI, "sounddevice", MISSING, "moshi's local mic client only, not used"),
     Known(*_MOSHI, "aiohttp", MISSING, "moshi's own web server/client only, not used"),
+    Known(*_MOSHI, "aiohttp", MISMATCH, "wants aiohttp<3.12 for its own web server/client, not used; "
+                                        "Kaggle's image ships a newer one (datasets, fsspec)"),
     # s3tokenizer 0.3.0 lists its dev tool as a runtime requirement.
     Known("s3tokenizer", "0.3.0", "pre-commit", MISSING, "a git-hook tool, not a runtime dep"),
     # insightface 0.7.3: build-time / CLI-only requirements.

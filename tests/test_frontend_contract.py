@@ -61,7 +61,10 @@ def assert_error(r, status, param=None):
 # --------------------------------------------------------------------------- image
 
 def test_magic_prompt(server):
+    # the frontend's body names no engine: auto, which is the llm when the session built the smoke VLM
     body = assert_success(post(server, "/magic-prompt", json={"idea": "una taza de café", "style": "product"}))
+    assert body["engine"] in ("rules", "llm") and body["prompt"].startswith("commercial product photography of ")
+    body = assert_success(post(server, "/magic-prompt", json={"idea": "una taza de café", "engine": "rules"}))
     assert "coffee" in body["prompt"]
     assert_error(post(server, "/magic-prompt", json={"idea": "  "}), 400, "idea")
 

@@ -26,8 +26,8 @@ from tests.conftest import API_KEY
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 # Video operations take seconds per case on 2 cores; their parsing is covered by the JSON/form corpus
-# (test_malformed_requests.py) and their logic by test_face_video.py / test_whisper_video.py.
-SLOW_OPERATIONS = r"^/(face-swap/video|subtitle-video)$"
+# (test_malformed_requests.py) and their logic by test_face_video.py / test_whisper_video.py / test_animate.py.
+SLOW_OPERATIONS = r"^/(face-swap/video|subtitle-video|animate|talking-head)$"
 # Per operation; ENFOADS_FUZZ_EXAMPLES=200 for a deeper run by hand.
 MAX_EXAMPLES = int(os.environ.get("ENFOADS_FUZZ_EXAMPLES", "15"))
 
@@ -63,7 +63,7 @@ def fuzz_server(smoke_models, tmp_path_factory):
     from backend.server import Server
     from backend.settings import load_settings
 
-    models = smoke_models("image", "face", "whisper", "tts")
+    models = smoke_models("image", "face", "whisper", "tts", "animate")
     settings = load_settings(
         profile="smoke", data_dir=tmp_path_factory.mktemp("fuzz") / "data", models_dir=models, api_key=API_KEY,
         device="cpu", port=0, job_wait_seconds=60, whisper_beam_size=1, whisper_max_seconds=60,

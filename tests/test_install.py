@@ -153,6 +153,8 @@ def test_pip_check_filter_is_precise() -> None:
         "but you have numpy 2.4.6.",
         "s3tokenizer 0.3.0 requires pre-commit, which is not installed.",
         "chatterbox-tts 0.1.7 requires gradio, which is not installed.",
+        # Kaggle's image has a newer aiohttp (datasets/fsspec); moshi's own server is not used
+        "moshi 0.2.13 has requirement aiohttp<3.12,>=3.10.5, but you have aiohttp 3.14.5.",
     ]
     unknown = [
         # same complaint, another release of the package: must be looked at again
@@ -172,3 +174,22 @@ def test_pip_check_filter_is_precise() -> None:
     # Colab's own broken requirements, recorded before the install, are not ours.
     accepted, pre, unexpected = pc.classify(unknown[-1:], baseline=unknown[-1:])
     assert (accepted, pre, unexpected) == ([], unknown[-1:], [])
+
+
+def test_runtime_holds_are_exact_constraints_for_what_the_runtime_ships() -> None:
+    """`install.sh --colab` (Colab and Kaggle) holds these, so the runtime's CUDA torch and the
+    packages its other libraries pin (Kaggle forces protobuf 5.29.x) are never moved."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "runtime_holds.py")], capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    held = {}
+    for line in proc.stdout.split():
+        req = Requirement(line)  # pip reads constraints the same way: no `name @ url` lines
+        (spec,) = req.specifier
+        assert spec.operator == "==" and not req.url, line
+        held[req.name] = spec.version
+    assert held == {name: md.version(name) for name in ("torch", "torchaudio", "torchvision", "numpy", "protobuf")}

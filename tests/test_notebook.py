@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def models(smoke_models):
-    return smoke_models("image", "face", "whisper", "tts", "vita")
+    return smoke_models("image", "face", "whisper", "tts", "vita", "animate")
 
 
 def test_self_test_runs_one_real_request_per_installed_family(live_server, make_settings, models):
@@ -24,7 +24,7 @@ def test_self_test_runs_one_real_request_per_installed_family(live_server, make_
     results = {r.family: r for r in SelfTest(server.url, API_KEY, log=lambda m: None).run()}
 
     assert {f: r.status for f, r in results.items()} == dict.fromkeys(
-        ("image", "pose", "face", "restore", "whisper", "tts", "vita"), "ok"), {f: r.detail for f, r in results.items()}
+        ("image", "pose", "face", "restore", "whisper", "tts", "vita", "animate"), "ok"), {f: r.detail for f, r in results.items()}
     for family in ("tts", "whisper", "face"):
         r = results[family]
         assert r.seconds > 0 and r.load_seconds is not None and r.load_seconds > 0  # first use loads it
@@ -34,6 +34,8 @@ def test_self_test_runs_one_real_request_per_installed_family(live_server, make_
     assert results["face"].speed.endswith(" s/image") and "1 face(s) found" in results["face"].detail
     assert results["image"].speed.endswith(" s/image")
     assert results["pose"].speed.endswith(" s/pose+image") and "1 person(s), 64x64 image" in results["pose"].detail
+    assert "magic prompt by the llm in " in results["vita"].detail  # the assistant's model writes prompts too
+    assert results["animate"].speed.endswith(" frames/s") and "50 frames" in results["animate"].detail
     assert "128x128 -> 512x512, 1 face(s) restored" in results["restore"].detail
     table = format_results(list(results.values()))
     assert table.splitlines()[0].split()[:3] == ["FAMILY", "STATUS", "REQUEST"]
@@ -90,6 +92,10 @@ def test_gpu_check_warns_clearly_without_a_gpu():
 def test_prefetch_form_maps_ticks_to_models():
     assert nb.prefetch_names({"image": False, "face": True, "whisper": True, "tts": False, "vita": False}) == [
         "face", "whisper-large-v3-turbo"]
+    assert nb.prefetch_names({"animate": True}) == ["liveportrait"]
+    from prefetch import download as dl
+
+    assert {s.key for s in dl.select(["liveportrait"])} == {"liveportrait", "buffalo_l"}  # its face finder
     names = nb.prefetch_names({"vita": True}, "chatterbox-turbo, whisper-small")
     assert names == ["vita", "whisper-large-v3-turbo", "chatterbox-es-latam", "spacy-pkuseg-ontonotes",
                      "chatterbox-turbo", "whisper-small"]

@@ -356,3 +356,15 @@ def test_a_hint_in_a_notebook_kernel_is_a_line_to_paste_in_a_cell(monkeypatch, t
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     assert prefetch_command(spec, profile="colab", models_dir=tmp_path).startswith("!python -m prefetch whisper-small ")
     assert prefetch_command(spec, profile="smoke") == "!python -m prefetch --smoke"
+
+
+def test_smoke_models_go_where_the_server_reads_and_the_hint_says_so(tmp_path, capsys):
+    """`--smoke` builds into --models-dir (the folder a 503 names), not <data dir>/models."""
+    from prefetch.__main__ import main
+    from prefetch.locate import prefetch_command
+
+    models = tmp_path / "elsewhere"
+    assert main(["--smoke", "vita", "--data-dir", str(tmp_path / "data"), "--models-dir", str(models)]) == 0
+    assert (models / mf.VLM_KEY / "config.json").is_file() and not (tmp_path / "data").exists()
+    assert prefetch_command(mf.get(mf.VLM_KEY), profile="smoke", models_dir=models) == \
+        f"python -m prefetch --smoke --models-dir {models.resolve()}"

@@ -234,12 +234,21 @@ def face_config(settings, models_dir: Path, profile: str, device: str) -> FaceCo
         video_max_pixels=settings.face_video_max_pixels)
 
 
-def install(app, b) -> None:
-    env = b.model_env
-    service = FaceService(env, face_config(b.settings, env.models_dir, env.profile, env.device))
+def job_handlers(settings, env) -> tuple[FaceService, dict]:
+    """The service and its job handlers: the front and `python -m backend.worker` build the same. The
+    restore service comes with it (swaps restore their faces), and so do its jobs (/upscale, /restore-faces)."""
+    from . import restore as restore_routes
+
+    service = FaceService(env, face_config(settings, env.models_dir, env.profile, env.device))
     service.register()
+    service.restorer, restore_handlers = restore_routes.job_handlers(settings, env, service)
+    return service, {**_handlers(service), **restore_handlers}
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env)
     app.extensions[_SERVICE_KEY] = service
-    for kind, handler in _handlers(service).items():
+    for kind, handler in handlers.items():
         b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     # The `onnx` dicts are filled in place when each model loads: /diagnostics shows the providers

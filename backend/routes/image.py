@@ -12,7 +12,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from services.image import FORMATS, JOB_KIND, MAX_SEED, STEPS, ImageCache, ImageLimits, ImageService, model_id
 from services.image.controlnet import CONTROLNET_KEY
 from services.image.params import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE
-from services.image.magic_prompt import DEFAULT_STYLE, STYLES, make_expander
+from services.image.magic_prompt import DEFAULT_STYLE, STYLES
+from services.image.magic_prompter import MagicPrompter
+from services.image.prompt_tokens import ClipTokenCounter
 from services.media import image_mime
 
 from ..api import doc, json_body, json_object, ok, seed_shape
@@ -21,6 +23,8 @@ from ..errors import ApiError
 from ..job_http import run_job
 from ..jobs import Job
 from ..uploads import ASSET_RE, input_file
+from . import pose as pose_routes
+from ..vlm import shared_vlm
 
 bp = Blueprint("image", __name__)
 
@@ -108,6 +112,11 @@ class MagicPromptBody(BaseModel):
                       description="a short idea in Spanish or English (also accepted as 'prompt' or 'text')")
     style: Literal[tuple(STYLES)] = Field(DEFAULT_STYLE, description="style preset")  # type: ignore[valid-type]
     language: Literal["auto", "es", "en"] = "auto"
+    engine: Literal["auto", "rules", "llm"] | None = Field(
+        None, description="rules: the glossary, instant; llm: the local language model; auto: llm when its model "
+                          "is present, else rules. Default from settings (auto). When the llm's model is missing, "
+                          "fails or is slow, the rules answer, with a warning; 'engine' in the answer says which "
+                          "wrote it")
 
 
 def _service() -> ImageService:
@@ -242,14 +251,15 @@ def openai_generations():
 
 @bp.post("/magic-prompt")
 @seed_shape
-@doc(summary="Turn a short Spanish or English idea into a detailed SDXL prompt (rules, no GPU)", tags=["image"],
-     body=MagicPromptBody, responses={400: "a parameter is invalid"})
+@doc(summary="Turn a short Spanish or English idea into a detailed SDXL prompt (a local LLM, or rules)",
+     tags=["image"], body=MagicPromptBody,
+     responses={400: "a parameter is invalid"})
 def magic_prompt():
     body = json_body(MagicPromptBody)
     if not body.idea.strip():
         raise ApiError(400, "idea must not be empty", param="idea", code="empty_prompt")
-    expander = current_app.extensions["enfoads.magic_prompt"]
-    result = expander.expand(body.idea, body.style, None if body.language == "auto" else body.language)
+    prompter: MagicPrompter = current_app.extensions["enfoads.magic_prompt"]
+    result = prompter.expand(body.idea, body.style, None if body.language == "auto" else body.language, body.engine)
     return ok(result.to_dict())
 
 
@@ -260,17 +270,29 @@ def magic_prompt_styles():
                "data": [{"id": name, "prefix": before, "suffix": after} for name, (before, after) in STYLES.items()]})
 
 
-def install(app, b) -> None:
-    s = b.settings
+def job_handlers(s, env, pose=None) -> tuple[ImageService, dict]:
+    """The service and its job handlers (generation and /pose, both image work): the front and
+    `python -m backend.worker` build the same."""
     limits = ImageLimits(max_width=s.image_max_width, max_height=s.image_max_height, min_side=s.image_min_side,
                          max_n=s.image_max_n, default_width=min(s.image_default_width, s.image_max_width),
                          default_height=min(s.image_default_height, s.image_max_height),
                          default_steps=s.image_default_steps, max_pose_pixels=s.image_pose_max_pixels)
     cache = ImageCache(s.data_dir / "cache" / "images", int(s.image_cache_mb * 1024**2))
-    service = ImageService(b.model_env, limits, cache, pose=app.extensions.get("enfoads.pose"))
+    pose, pose_handlers = pose_routes.job_handlers(s, env, pose)
+    service = ImageService(env, limits, cache, pose=pose)
+    return service, {JOB_KIND: service.run_job, **pose_handlers}
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env, pose=app.extensions.get(pose_routes.SERVICE_KEY))
     app.extensions["enfoads.image"] = service
-    app.extensions["enfoads.magic_prompt"] = make_expander(s.image_magic_prompt_engine)
-    b.jobs.register(JOB_KIND, service.run_job)
+    s = b.settings
+    vlm_key = s.image_magic_prompt_model or s.vita_vlm
+    app.extensions["enfoads.magic_prompt"] = MagicPrompter(
+        lambda: shared_vlm(b, vlm_key), ClipTokenCounter(service.tokenizer), default_engine=s.image_magic_prompt_engine,
+        timeout_s=s.image_magic_prompt_timeout_s, max_new_tokens=s.image_magic_prompt_max_new_tokens)
+    for kind, handler in handlers.items():
+        b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     for steps in STEPS:
         b.models.append({"id": model_id(steps), "family": "image", "available": service.available(steps)})

@@ -19,7 +19,7 @@ from ..uploads import ASSET_RE, input_file
 
 bp = Blueprint("pose", __name__)
 SERVICE_KEY = "enfoads.pose"
-JOB_KIND = "pose.detect"
+JOB_KIND = "image.pose"  # the image family: image workers in distributed mode run it
 SKELETON_FILE = "skeleton.png"
 ERRORS = {400: "bad parameter or unreadable image", 413: "image too large", 503: "DWPose is not on this machine "
           "(the message names the prefetch command) or the CUDA provider failed to start"}
@@ -80,14 +80,24 @@ def _job(service: PoseService):
     return detect
 
 
-def install(app, b) -> None:
-    s = b.settings
-    env = b.model_env
+def make_service(s, env) -> PoseService:
     service = PoseService(env, PoseConfig(device=env.device, execution_provider=s.face_execution_provider,
                                           allow_cpu_fallback=s.face_allow_cpu_fallback,
                                           max_image_pixels=s.image_pose_max_pixels))
     service.register()
+    return service
+
+
+def job_handlers(s, env, service: PoseService | None = None) -> tuple[PoseService, dict]:
+    """The service and its job handlers: the front and `python -m backend.worker` build the same."""
+    service = service or make_service(s, env)
+    return service, {JOB_KIND: _job(service)}
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env)
     app.extensions[SERVICE_KEY] = service
-    b.jobs.register(JOB_KIND, _job(service))
+    for kind, handler in handlers.items():
+        b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     b.models.append({"id": DWPOSE, "family": "image", "available": service.available(), "onnx": service.runtime})

@@ -154,16 +154,23 @@ def _handlers(service: RestoreService):
     return {"restore.upscale": upscale_job, "restore.faces": faces_job}
 
 
-def install(app, b) -> None:
-    s = b.settings
-    face = app.extensions[face_routes._SERVICE_KEY]
-    service = RestoreService(b.model_env, RestoreConfig(tile=s.restore_tile, tile_overlap=s.restore_tile_overlap,
-                                                        max_output_pixels=s.restore_max_output_pixels), face)
+def restore_config(s) -> RestoreConfig:
+    return RestoreConfig(tile=s.restore_tile, tile_overlap=s.restore_tile_overlap,
+                         max_output_pixels=s.restore_max_output_pixels)
+
+
+def job_handlers(settings, env, face) -> tuple[RestoreService, dict]:
+    """The service (on the face service's detector) and its job handlers; the face family's own
+    job_handlers builds them, so a worker running face jobs runs these too."""
+    service = RestoreService(env, restore_config(settings), face)
     service.register()
+    return service, _handlers(service)
+
+
+def install(app, b) -> None:
+    face = app.extensions[face_routes._SERVICE_KEY]
+    service = face.restorer  # built with the face service; its jobs are registered with the face family's
     app.extensions[_SERVICE_KEY] = service
-    face.restorer = service  # /face-swap's `restore`
-    for kind, handler in _handlers(service).items():
-        b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     for key in (*UPSCALERS.values(), GFPGAN):
         b.models.append({"id": key, "family": "face" if key == GFPGAN else "image", "available": service.available(key)})

@@ -432,22 +432,27 @@ class TtsNamespace(AuthedNamespace):
         self.backend.socketio.start_background_task(work)
 
 
-def install(app, b) -> None:
-    s = b.settings
+def job_handlers(s, env) -> tuple[TtsService, dict]:
+    """The service and its job handlers: the front and `python -m backend.worker` build the same."""
     kyutai = KyutaiOptions(default_voice=s.tts_kyutai_voice, max_seconds=s.tts_kyutai_max_seconds,
                            cfg_coef=s.tts_kyutai_cfg_coef)
     pocket = PocketOptions(device=s.tts_pocket_device, max_seconds=s.tts_pocket_max_seconds,
                            default_voice=s.tts_pocket_voice)
-    svc = TtsService(b.model_env, voices_dir=s.data_dir / "voices", max_chars=s.tts_max_chars,
+    svc = TtsService(env, voices_dir=s.data_dir / "voices", max_chars=s.tts_max_chars,
                      clip_min_s=s.tts_clip_min_seconds, clip_max_s=s.tts_clip_max_seconds, kyutai=kyutai,
                      pocket=pocket, default_model=s.tts_default_model or None,
                      default_language=s.tts_default_language)
     svc.register_models()
+    speech, stream = make_handlers(svc)
+    return svc, {SPEECH_KIND: speech, STREAM_KIND: stream}
+
+
+def install(app, b) -> None:
+    svc, handlers = job_handlers(b.settings, b.model_env)
     app.extensions["enfoads.tts"] = svc
     b.tts = svc
-    speech, stream = make_handlers(svc)
-    b.jobs.register(SPEECH_KIND, speech)
-    b.jobs.register(STREAM_KIND, stream)
+    for kind, handler in handlers.items():
+        b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     b.socketio.on_namespace(TtsNamespace("/tts", b, app))
     from . import kyutai  # the Kyutai client's contract, on top of this service

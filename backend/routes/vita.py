@@ -26,6 +26,7 @@ from services.vita.session import VitaConfig
 from ..api import doc
 from ..auth import public
 from ..sockets import AuthedNamespace
+from ..vlm import shared_vlm
 
 log = logging.getLogger("enfoads.vita")
 
@@ -75,20 +76,12 @@ def speech_ports(backend):
 
 
 def build_brain(backend):
-    from services.vita.brain import VlmBrain
-
-    s = backend.settings
-    env = backend.model_env
-    key = s.vita_vlm
+    key = backend.settings.vita_vlm
     try:
-        model_dir = env.locate(key)
+        return shared_vlm(backend, key), None
     except ModelUnavailable as exc:
         log.warning("vita: %s", exc.message)
         return None, f"the vision-language model is not available: {exc.message}"
-    brain = VlmBrain(model_dir, vram=env.vram, name=key, device=env.device, dtype=env.dtype,
-                     estimate_bytes=vram_estimate(key, env.dtype), max_new_tokens=s.vita_max_new_tokens,
-                     frame_max_pixels=s.vita_frame_max_pixels)
-    return brain, None
 
 
 class VitaNamespace(AuthedNamespace):

@@ -220,18 +220,24 @@ def subtitle_video():
                     "crf": backend().settings.whisper_video_crf}, render_job, lane=lane)
 
 
-def install(app, b) -> None:
-    s = b.settings
+def job_handlers(s, env) -> tuple[WhisperService, dict]:
+    """The service and its job handlers: the front and `python -m backend.worker` build the same."""
     default = s.whisper_model if s.whisper_model != "auto" else ("base" if s.profile == "smoke" else "large-v3-turbo")
-    service = WhisperService(b.model_env, default_model=default, compute_type=s.whisper_compute_type,
+    service = WhisperService(env, default_model=default, compute_type=s.whisper_compute_type,
                              default_language=s.whisper_language, beam_size=s.whisper_beam_size,
                              cpu_threads=s.whisper_cpu_threads, max_seconds=s.whisper_max_seconds,
                              video_max_pixels=s.whisper_video_max_pixels, window_seconds=s.whisper_window_seconds)
+    return service, {
+        whisper_jobs.TRANSCRIBE: lambda params, ctx: whisper_jobs.transcribe_job(service, params, ctx),
+        whisper_jobs.SUBTITLE_VIDEO: lambda params, ctx: whisper_jobs.subtitle_video_job(service, params, ctx)}
+
+
+def install(app, b) -> None:
+    service, handlers = job_handlers(b.settings, b.model_env)
     app.extensions["enfoads.whisper"] = service
     b.whisper = service
-    b.jobs.register(whisper_jobs.TRANSCRIBE, lambda params, ctx: whisper_jobs.transcribe_job(service, params, ctx))
-    b.jobs.register(whisper_jobs.SUBTITLE_VIDEO,
-                    lambda params, ctx: whisper_jobs.subtitle_video_job(service, params, ctx))
+    for kind, handler in handlers.items():
+        b.jobs.register(kind, handler)
     app.register_blueprint(bp)
     for key in SIZES.values():
         b.models.append({"id": key, "family": "whisper", "available": b.model_env.present(key)})

@@ -5,15 +5,14 @@ captions, so Spanish ideas go through a small advertising glossary (words it doe
 kept as they are and reported), Spanish noun-adjective order is turned around ("zapatillas rojas"
 -> "red sneakers"), and the style preset adds composition, light and quality terms.
 
-`PromptExpander` is the seam for a language model later: anything with the same `expand()`
-can be selected by name in `make_expander`.
+This is the `rules` engine; `magic_llm` is the `llm` engine and `magic_prompter` chooses between
+them (and falls back to these rules).
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Protocol
 
 # --- style presets --------------------------------------------------------------------------------
 STYLES: dict[str, tuple[str, str]] = {  # name -> (what goes before the subject, what goes after)
@@ -208,16 +207,14 @@ class MagicPrompt:
     engine: str
     subject: str
     untranslated: list[str] = field(default_factory=list)
+    tokens: int | None = None  # CLIP tokens of `prompt`, start and end included
+    tokenizer: str | None = None  # what counted them: "sdxl" or "estimate"
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "style": self.style, "language": self.language, "engine": self.engine,
-                "subject": self.subject, "untranslated": list(self.untranslated)}
-
-
-class PromptExpander(Protocol):
-    name: str
-
-    def expand(self, idea: str, style: str = DEFAULT_STYLE, language: str | None = None) -> MagicPrompt: ...
+                "subject": self.subject, "untranslated": list(self.untranslated), "tokens": self.tokens,
+                "tokenizer": self.tokenizer, "warnings": list(self.warnings)}
 
 
 class RulesExpander:
@@ -234,9 +231,3 @@ class RulesExpander:
         return MagicPrompt(prompt=f"{before} {subject}, {after}", style=style, language=language,
                            engine=self.name, subject=subject, untranslated=unknown)
 
-
-ENGINES = {"rules": RulesExpander}
-
-
-def make_expander(name: str = "rules") -> PromptExpander:
-    return ENGINES[name]()

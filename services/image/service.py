@@ -24,12 +24,12 @@ from .cache import ImageCache
 from .controlnet import CONTROLNET_KEY, load_controlnet
 from .lightning import BASE_KEY, UNET_FILES, VAE_KEY, LightningPipeline, load_pipeline, unet_key
 from .params import ImageLimits, ImageRequest, build_request
+from .prompt_tokens import CLIP_MAX_TOKENS
 
 log = logging.getLogger("enfoads.image")
 
 MODEL_NAME = "sdxl-lightning"
 JOB_KIND = "image.generate"
-CLIP_MAX_TOKENS = 77  # CLIP's context, start and end tokens included
 # PIL's default PNG level (6) takes ~300 ms for a 1024x1024 image on one CPU core, a tenth of a
 # Lightning generation on the T4; level 3 takes ~90 ms for files ~10 % larger.
 PNG_COMPRESS_LEVEL = 3

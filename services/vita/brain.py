@@ -118,12 +118,21 @@ class VlmBrain:
 
     def stream_text(self, history: Sequence[Turn], user_text: str, frames: Sequence,
                     language: str | None, cancel: threading.Event) -> Iterator[str]:
+        images = [fit_pixels(f, self.frame_max_pixels) for f in frames]
+        yield from self._stream(self.messages(history, user_text, images, language), images, self.max_new_tokens,
+                                cancel)
+
+    def complete(self, system: str, user_text: str, *, max_new_tokens: int, cancel: threading.Event) -> str:
+        """The model as a plain text model: one system prompt, one user message, no images (greedy)."""
+        msgs = [{"role": "system", "content": [{"type": "text", "text": system}]},
+                {"role": "user", "content": [{"type": "text", "text": user_text}]}]
+        return "".join(self._stream(msgs, [], max_new_tokens, cancel))
+
+    def _stream(self, messages: list, images: list, max_new_tokens: int, cancel: threading.Event) -> Iterator[str]:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         processor = self.processor
-        images = [fit_pixels(f, self.frame_max_pixels) for f in frames]
-        prompt = processor.apply_chat_template(self.messages(history, user_text, images, language),
-                                               add_generation_prompt=True, tokenize=False)
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
         stop = threading.Event()  # cancelled by the client, or the consumer went away
         failure: list[BaseException] = []
@@ -135,13 +144,13 @@ class VlmBrain:
 
             def generate():
                 try:
-                    model.generate(**inputs, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=False,
+                    model.generate(**inputs, streamer=streamer, max_new_tokens=max_new_tokens, do_sample=False,
                                    stopping_criteria=StoppingCriteriaList([_Cancelled(stop, cancel)]))
                 except BaseException as exc:  # reported in the consumer's thread
                     failure.append(exc)
                     streamer.end()
 
-            worker = threading.Thread(target=generate, name="vita-generate", daemon=True)
+            worker = threading.Thread(target=generate, name="vlm-generate", daemon=True)
             worker.start()
             try:
                 for piece in streamer:

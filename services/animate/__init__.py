@@ -1,0 +1,1 @@
+"""Animate family: LivePortrait portrait animation (driving video, expression editing, talking head)."""
