@@ -34,7 +34,8 @@ MODULES: dict[str, list[str]] = {
     # test_whisper_service.py and test_whisper_video.py also reach it, through a model: minutes per mutant
     "services/whisper/subtitles.py": ["tests/test_subtitles.py"],
     "services/vita/vad.py": ["tests/test_vita_vad.py"],
-    "services/vita/session.py": ["tests/test_vita_units.py", "tests/test_vita.py"],
+    # test_vita.py reaches it too, through Socket.IO and the tiny models: a server start per mutant
+    "services/vita/session.py": ["tests/test_vita_session.py"],
     # test_tts.py reaches it too, through HTTP and the tiny Chatterbox server: a server start per mutant
     "services/tts/voices.py": ["tests/test_tts_voices.py"],
     "services/tts/text.py": ["tests/test_tts_text.py"],
@@ -44,7 +45,8 @@ MODULES: dict[str, list[str]] = {
 }
 # Test files that import torch (directly or through the model code) run their mutants from a fork
 # server that never ran a test itself: forking a process whose torch thread pools are running can hang.
-TORCH_TESTS = {"tests/test_vita_units.py", "tests/test_vita.py", "tests/test_vita_vad.py", "tests/test_tts.py",
+TORCH_TESTS = {"tests/test_vita_units.py", "tests/test_vita_session.py", "tests/test_vita.py", "tests/test_vita_vad.py",
+               "tests/test_tts.py",
                "tests/test_image.py", "tests/test_whisper_service.py", "tests/test_vram.py"}
 SOURCE_PATHS = ["backend", "services", "prefetch"]
 ALSO_COPY = ["README.md", "requirements.txt", "requirements", "scripts", "notebooks", "benchmarks", "data"]
