@@ -29,9 +29,9 @@ def app(tmp_path_factory):
             path = save_upload("file", json_body=body, required=False)
         else:
             path = save_upload("file", json_body=body)
-        if path is None:
-            return {"saved": None}
         kept = take_uploads() if request.args.get("keep") else []
+        if path is None:
+            return {"saved": None, "kept": kept}
         return {"saved": str(path), "name": path.name, "data": base64.b64encode(path.read_bytes()).decode(),
                 "kept": kept}
 
@@ -106,12 +106,13 @@ def test_base64_longer_than_one_decoding_slice(client):
     data = bytes(range(256)) * (B64_CHUNK_CHARS * 3 // 4 // 256 + 7)  # a bit over one slice of text
     text = base64.b64encode(data).decode()
     assert len(text) > B64_CHUNK_CHARS
-    for value in (text, "data:application/octet-stream;base64," + text):
+    for value in (text, "data:application/octet-stream;base64," + text, " \n" + text + "\n "):
         r = as_json(client, value)
         assert r.status_code == 200 and base64.b64decode(r.get_json()["data"]) == data
 
 
-@pytest.mark.parametrize("value", ["no es base64!", "QUJD@EVG", "data:text/plain;base64,QUJ", "QQ=="[:-1]])
+@pytest.mark.parametrize("value", ["no es base64!", "QUJD@EVG", "data:text/plain;base64,QUJ", "QQ=="[:-1],
+                                   "QUJD!!!!", "data:text/plain;base64,QU*JD"])  # valid once the junk is dropped
 def test_invalid_base64_is_a_400_naming_the_field(app, client, value):
     r = as_json(client, value)
     assert error(r) == (400, "invalid_base64", "file", "file: not valid base64 (or a base64 data: URL)")
@@ -130,8 +131,11 @@ def test_a_missing_file_is_a_400_naming_the_field(client, send):
 
 
 def test_an_optional_file_may_be_left_out(client):
-    assert client.post("/test/save", query_string={"required": "0"}, headers=H).get_json() == {"saved": None}
-    assert as_json(client, None, required="0").get_json() == {"saved": None}
+    assert client.post("/test/save", query_string={"required": "0"}, headers=H).get_json() == {"saved": None,
+                                                                                               "kept": []}
+    assert as_json(client, None, required="0").get_json() == {"saved": None, "kept": []}
+    # a job handed a request that saved nothing takes nothing
+    assert as_json(client, None, required="0", keep="1").get_json() == {"saved": None, "kept": []}
     r = as_json(client, "QUJD", required="0")
     assert base64.b64decode(r.get_json()["data"]) == b"ABC"
 
