@@ -38,6 +38,17 @@ def test_other_ids_are_refused_naming_the_field(voice_id):
     assert err.value.param == "voice"
 
 
+def test_the_folders_are_predefined_and_cloned_and_reopening_keeps_them(tmp_path):
+    root = tmp_path / "voices"
+    store = VoiceStore(root)
+    (root / "predefined" / "maria.wav").write_bytes(b"x")  # where an operator puts a clip
+    store.clone(clip(tmp_path, 6.0), voice_id="ana")
+    assert (root / "cloned" / "ana.wav").is_file() and (root / "cloned" / "ana.json").is_file()
+    again = VoiceStore(root)  # the server restarts on the same data dir
+    assert [(v.id, v.kind) for v in again.list()] == [("default", "builtin"), ("maria", "predefined"),
+                                                      ("ana", "cloned")]
+
+
 def test_an_empty_store_lists_the_built_in_voice_only(store):
     assert [v.public() for v in store.list()] == [
         {"id": "default", "name": "the model's built-in voice", "type": "builtin", "created_at": None}]
@@ -117,6 +128,8 @@ def test_a_clone_with_lost_metadata_is_still_listed_under_its_id(store, tmp_path
     assert store.get("ana").public() == {"id": "ana", "name": "ana", "type": "cloned", "created_at": None}
     (store.cloned_dir / "ana.json").unlink()
     assert store.get("ana").public()["name"] == "ana"
+    store.delete("ana")  # deletable without its metadata
+    assert list(store.cloned_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize("voice_id", ["default", "nova", "maria"])
@@ -142,12 +155,14 @@ def test_a_taken_clone_id_is_409_and_the_first_voice_stays(store, tmp_path):
 @pytest.mark.parametrize("seconds, code, says", [
     (4.8, "audio_too_short", "is 4.8 s; it must last at least 5 s"),
     (30.3, "audio_too_long", "is 30.3 s; it must last at most 30 s"),  # decoded, just over
-    (31.0, "audio_too_long", "must last at most 30 s"),  # cut off while decoding
+    (31.0, "audio_too_long", "file: the reference clip must last at most 30 s"),  # cut off at 30.5 s of decoding
+    (30.7, "audio_too_long", "file: the reference clip must last at most 30 s"),
 ])
 def test_clips_outside_5_to_30_seconds_are_refused_with_their_length(store, tmp_path, seconds, code, says):
     with pytest.raises(InvalidInput) as err:
         store.clone(clip(tmp_path, seconds, rate=CLIP_RATE), voice_id="ana")
-    assert err.value.param == "file" and err.value.code == code and says in err.value.message
+    assert err.value.param == "file" and err.value.code == code
+    assert err.value.message.endswith(says) and (says.startswith("file:") or err.value.message.startswith("file: "))
     assert list(store.cloned_dir.iterdir()) == []
 
 
@@ -170,9 +185,41 @@ def test_a_file_that_is_not_audio_is_refused_with_the_reason(store, tmp_path):
     bad.write_bytes(b"RIFF but not really audio at all")
     with pytest.raises(InvalidInput) as err:
         store.clone(bad, voice_id="ana")
-    assert err.value.param == "file" and err.value.code
-    assert err.value.message.startswith("file: the reference clip is not usable audio (")
+    assert err.value.param == "file" and err.value.code == "unsupported_media"  # the decoder's own reason
+    assert err.value.message == ("file: the reference clip is not usable audio "
+                                 "(the file is not audio or video that can be decoded)")
     assert list(store.cloned_dir.iterdir()) == []
+
+
+def test_a_decoder_crash_is_still_a_400_with_its_reason(store, tmp_path, monkeypatch):
+    import services.tts.voices as voices
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("libavcodec said no")
+
+    monkeypatch.setattr(voices, "decode_audio", crash)
+    with pytest.raises(InvalidInput) as err:
+        store.clone(clip(tmp_path, 6.0), voice_id="ana")
+    assert (err.value.param, err.value.code) == ("file", "invalid_audio")
+    assert err.value.message == "file: the reference clip is not usable audio (libavcodec said no)"
+
+
+@pytest.mark.parametrize("voice_id", ["Ana", "../x", "a b"])
+def test_a_bad_clone_id_is_refused_naming_the_id_field(store, tmp_path, voice_id):
+    with pytest.raises(InvalidInput) as err:
+        store.clone(clip(tmp_path, 6.0), voice_id=voice_id)
+    assert (err.value.param, err.value.code) == ("id", "invalid_voice_id") and err.value.message.startswith("id: ")
+    assert list(store.cloned_dir.iterdir()) == []
+
+
+def test_the_clip_length_is_recorded_to_the_hundredth(store, tmp_path):
+    path = tmp_path / "odd.wav"
+    with wave.open(str(path), "wb") as w:  # 5.50375 s at 24 kHz
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(CLIP_RATE)
+        t = np.arange(132090) / CLIP_RATE
+        w.writeframes((0.3 * np.sin(2 * np.pi * 200 * t) * 32767).astype("<i2").tobytes())
+    store.clone(path, voice_id="ana")
+    assert json.loads((store.cloned_dir / "ana.json").read_text())["seconds"] == 5.5
 
 
 def test_a_silent_clip_is_refused(store, tmp_path):
