@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+import silero_vad  # noqa: F401  the VAD's own imports (torch), done once at collection, not per test
 from PIL import Image
 
 from services.errors import InvalidInput
