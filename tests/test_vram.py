@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch  # imported once at collection (a mutation run forks after it), not inside a test
 
 from services.vram import (
     GB,
@@ -388,8 +389,6 @@ def test_loader_other_error_propagates_unchanged():
 
 
 def test_run_oom_evicts_other_idle_and_retries_once():
-    import torch
-
     lib = Lib()
     off = make(20)
     for n in "abc":
@@ -434,8 +433,6 @@ def test_run_non_oom_error_propagates():
 
 
 def test_is_oom_error():
-    import torch
-
     assert is_oom_error(torch.cuda.OutOfMemoryError("x"))
     assert is_oom_error(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert is_oom_error(RuntimeError("CUDA failed with error CUDA_ERROR_OUT_OF_MEMORY"))
@@ -513,8 +510,6 @@ def test_measured_larger_than_estimate_evicts_to_stay_in_budget():
 
 
 def test_cpu_torch_module_measured_by_parameter_bytes():
-    import torch
-
     off = make(1)
     off.register("lin", lambda d: torch.nn.Linear(100, 50).to(d), runtime=Runtime.TORCH,
                  estimate_bytes=10 * 2**20)
@@ -525,8 +520,6 @@ def test_cpu_torch_module_measured_by_parameter_bytes():
 
 
 def test_pipeline_components_measured():
-    import torch
-
     class Pipe:
         def __init__(self):
             self.unet = torch.nn.Linear(10, 10)
