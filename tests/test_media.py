@@ -171,8 +171,9 @@ def test_video_limits_refuse_unknown_long_and_large_videos():
             media.check_video_limits(media.MediaInfo(duration=duration, has_audio=False, has_video=True),
                                      max_seconds=10, max_pixels=100, param="source", what="the source video")
         assert (err.value.code, err.value.param) == ("unknown_duration", "source")
-        assert err.value.message.startswith("the source video does not say how long it lasts")
-        assert "MP4, MKV or WebM" in err.value.message
+        assert err.value.message == ("the source video does not say how long it lasts (a raw stream without a "
+                                     "container, or frames without timestamps); put it in an MP4, MKV or WebM "
+                                     "container")
     with pytest.raises(TooLarge) as err:
         media.check_video_limits(ok, max_seconds=9.5, max_pixels=10**9)
     assert (err.value.code, err.value.param) == ("video_too_long", "file")
@@ -209,15 +210,15 @@ def test_decoded_audio_is_mono_and_within_minus_one_to_one(tmp_path):
     path = tmp_path / "loud.wav"
     with av.open(str(path), "w") as out:  # stereo float WAV with samples beyond full scale
         stream = out.add_stream("pcm_f32le", rate=16000, layout="stereo")
-        frame = av.AudioFrame.from_ndarray(np.tile(np.float32([1.5, 1.5]), 1600).reshape(1, -1), format="flt",
-                                           layout="stereo")
+        frame = av.AudioFrame.from_ndarray(np.tile(np.float32([1.5, 1.5, -1.5, -1.5]), 800).reshape(1, -1),
+                                           format="flt", layout="stereo")
         frame.sample_rate = 16000
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
     audio = media.decode_audio(path, 16000)
-    assert audio.shape == (1600,) and float(audio.max()) == 1.0
+    assert audio.shape == (1600,) and float(audio.max()) == 1.0 and float(audio.min()) == -1.0
     windows = list(media.iter_audio(path, 16000, window_samples=1000))
-    assert [float(w.max()) for w in windows] == [1.0, 1.0]
+    assert [(float(w.min()), float(w.max())) for w in windows] == [(-1.0, 1.0), (-1.0, 1.0)]
 
 
 def test_the_duration_limit_counts_decoded_samples(tmp_path):
@@ -252,7 +253,8 @@ def test_encode_audio_rates_clipping_and_unknown_formats():
     assert wav[24:28] == (22050).to_bytes(4, "little")  # WAV keeps the rate it was given
     from tests.tts_media import decode
 
-    for rate, expected in ((22050, 48000), (44100, 48000), (24000, 24000), (16000, 16000), (8000, 8000)):
+    for rate, expected in ((22050, 48000), (44100, 48000), (24000, 24000), (16000, 16000), (12000, 12000),
+                           (8000, 8000)):
         opus = media.encode_audio(tone(0.5, rate), rate, "opus")
         head = opus.index(b"OpusHead")  # its input sample rate: the rate the encoder was opened at
         assert int.from_bytes(opus[head + 12:head + 16], "little") == expected
@@ -308,3 +310,60 @@ def test_encode_image_quality_and_compression_reach_the_file():
     assert err.value.param == "output_format"
     assert err.value.message == "unsupported image format 'gif'; use one of png, jpeg, webp"
     assert [media.image_mime(f) for f in ("png", "jpeg", "webp")] == ["image/png", "image/jpeg", "image/webp"]
+
+
+def test_the_limit_also_counts_the_samples_the_resampler_held_back(tmp_path):
+    path = tmp_path / "a.wav"
+    path.write_bytes(media.encode_audio(tone(1.0, 22050), 22050, "wav"))
+    # 22.05 kHz -> 16 kHz: 15984 samples come while decoding, the last 16 when the resampler is flushed
+    assert media.decode_audio(path, 16000, max_seconds=1.0).size == 16000
+    with pytest.raises(TooLarge) as err:
+        media.decode_audio(path, 16000, max_seconds=0.9994)  # 15990 samples
+    assert (err.value.code, err.value.param) == ("too_long", "file")
+    assert err.value.message == "the audio is longer than the 0.9994 s limit"
+
+
+def test_an_audio_stream_without_samples_decodes_to_nothing(tmp_path):
+    import wave
+
+    path = tmp_path / "empty.wav"
+    with wave.open(str(path), "wb") as w:  # a header and no sample
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    assert list(media.iter_audio(path, window_samples=100)) == []
+    audio = media.decode_audio(path)
+    assert audio.shape == (0,) and audio.dtype == np.float32
+
+
+def test_the_defaults_are_16khz_audio_and_the_image_field(tmp_path):
+    path = tmp_path / "a.wav"
+    path.write_bytes(media.encode_audio(tone(1.0, 16000), 16000, "wav"))
+    assert media.decode_audio(path).size == 16000
+    assert [w.size for w in media.iter_audio(path, window_samples=10000)] == [10000, 6000]
+    with pytest.raises(InvalidInput) as err:
+        media.load_image(b"", max_pixels=10)
+    assert err.value.param == "image"
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8))
+    assert media.encode_image(img, "jpeg") == media.encode_image(img, "jpeg", quality=92)
+    assert media.encode_image(img, "webp") == media.encode_image(img, "webp", quality=92)
+    assert media.encode_image(img, "png") == media.encode_image(img, "png", png_compress_level=6)
+
+
+def test_a_raw_video_stream_has_no_duration_and_is_refused(tmp_path):
+    import av
+
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as out:  # an H.264 elementary stream: no container times
+        stream = out.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for i in range(10):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((24, 32, 3), i * 20, np.uint8),
+                                                                   format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    info = media.probe(path)
+    assert info.has_video and not info.has_audio and info.duration == 0.0 and (info.width, info.height) == (32, 24)
+    with pytest.raises(InvalidInput) as err:
+        media.check_video_limits(info, max_seconds=60, max_pixels=10**6)
+    assert err.value.code == "unknown_duration"
