@@ -94,12 +94,7 @@ def write_config(work: Path, module: str, tests: list[str]) -> None:
         f"pytest_add_cli_args ={block(['-p', 'no:cacheprovider', '-p', 'no:timeout'])}\n"
         f"do_not_mutate_patterns ={block(DO_NOT_MUTATE_PATTERNS)}\n"
         f"process_isolation = {isolation}\n")
-    path = work / "setup.cfg"
-    if path.is_file() and path.read_text() != config:
-        # mutmut keeps a function's results while its source is unchanged, even when the tests that
-        # judged them changed (another MODULES entry): start this module afresh
-        shutil.rmtree(work / "mutants", ignore_errors=True)
-    path.write_text(config)
+    (work / "setup.cfg").write_text(config)
 
 
 def allow_list() -> dict[str, tuple[str, str]]:
