@@ -44,29 +44,44 @@ class Transcriber:
 
     def language_probabilities(self, audio):
         self.detections += 1
+        self.detected_on = audio.size
         return self.probabilities
 
 
 class Brain:
-    def __init__(self, sentences=("Hola.", "¿Qué tal?")):
-        self.sentences = sentences
+    """Writes `sentences`; with `gate`, holds before the second one (and does not look at the cancel
+    flag, as a model between two tokens)."""
+
+    def __init__(self, sentences=("Hola.", "¿Qué tal?"), gate=None, order=None):
+        self.sentences, self.gate = sentences, gate
+        self.order = order if order is not None else []
         self.calls = []
+        self.between = threading.Event()
 
     def stream_sentences(self, history, text, frames, language, cancel):
         self.calls.append({"history": list(history), "text": text, "frames": list(frames), "language": language})
-        for sentence in self.sentences:
-            if cancel.is_set():
-                return
-            yield sentence
+        try:
+            for i, sentence in enumerate(self.sentences):
+                if self.gate is not None and i == 1:
+                    self.between.set()
+                    assert self.gate.wait(WAIT)
+                elif cancel.is_set():
+                    return
+                yield sentence
+        finally:
+            self.order.append("brain closed")
 
 
 class Speaker:
-    """Speaks each sentence as `chunks` chunks of 0.1 s; `gate`, if given, holds it after the first."""
+    """Speaks each sentence as `chunks` chunks of 0.1 s (the first empty if `first_empty`); `gate`,
+    if given, holds it after the first chunk."""
 
-    def __init__(self, rate=OUT_RATE, chunks=2, gate=None):
-        self.rate, self.chunks, self.gate = rate, chunks, gate
+    def __init__(self, rate=OUT_RATE, chunks=2, gate=None, first_empty=False, order=None):
+        self.rate, self.chunks, self.gate, self.first_empty = rate, chunks, gate, first_empty
+        self.order = order if order is not None else []
         self.calls = []
         self.closed = 0
+        self.yielded = 0
         self.spoke_once = threading.Event()
 
     def synthesize(self, sentence, language, voice):
@@ -76,9 +91,12 @@ class Speaker:
                 if i == 1 and self.gate is not None:
                     self.spoke_once.set()
                     assert self.gate.wait(WAIT)
-                yield np.full(int(0.1 * self.rate), 0.25, np.float32), self.rate
+                self.yielded += 1
+                size = 0 if i == 0 and self.first_empty else int(0.1 * self.rate)
+                yield np.full(size, 0.25, np.float32), self.rate
         finally:
             self.closed += 1
+            self.order.append("speaker closed")
 
 
 class Client:
@@ -145,7 +163,7 @@ def test_an_utterance_gets_a_transcript_sentences_speech_and_the_end(tmp_path):
     assert transcriber.calls[0][1] == "es" and 1.2 * RATE < transcriber.calls[0][0] < 1.6 * RATE
     assert transcriber.detections == 0  # 1.4 s: too short to detect the language
     assert session.stats == {"packets": 4, "dropped": 0, "utterances": 1, "replies": 1, "interruptions": 0}
-    assert reply.first_audio_s is not None and reply.first_audio_s > 0 and not session.responding
+    assert reply.first_audio_s is not None and 0 < reply.first_audio_s < WAIT and not session.responding
     assert list(session.history) == [Turn("¿Cómo estás?", "Hola. ¿Qué tal?")]
 
 
@@ -169,7 +187,8 @@ def test_other_tts_rates_are_resampled_to_24khz_and_flushed():
     send(session, clock, speech())
     reply_done(session)
     sent = b"".join(client.of("audio"))
-    assert len(sent) // 2 == pytest.approx(0.5 * OUT_RATE, abs=50)  # 0.5 s at 16 kHz -> 12000 samples
+    assert len(sent) // 2 == 12000  # 0.5 s at 16 kHz, all of it: the resampler's tail is flushed
+    assert set(client.names()) == {"transcript", "response_text", "audio", "response_done"}
     assert client.names()[-1] == "response_done"
 
 
@@ -180,6 +199,7 @@ def test_a_long_utterance_in_another_confident_language_switches_the_session():
     send(session, clock, speech(2.5))
     reply_done(session)
     assert transcriber.detections == 1 and transcriber.calls[0][1] == "en"
+    assert transcriber.detected_on == transcriber.calls[0][0] > 2.5 * RATE  # detected on the utterance itself
     assert client.of("transcript")[0] == {"text": "hello there", "language": "en", "language_probability": 0.9,
                                           "switched": True}
     assert brain.calls[0]["language"] == "en" and session.language == "en"
@@ -237,9 +257,9 @@ def test_a_failed_reply_is_an_error_event_and_the_session_goes_on(error, message
 
 
 def test_speaking_during_a_reply_stops_it_at_once():
-    gate = threading.Event()
-    speaker = Speaker(gate=gate)
-    session, client, clock = make(speaker=speaker)
+    gate, order = threading.Event(), []
+    speaker = Speaker(gate=gate, chunks=4, order=order)
+    session, client, clock = make(speaker=speaker, brain=Brain(order=order))
     send(session, clock, speech())
     assert speaker.spoke_once.wait(WAIT)
     first = session.last_reply
@@ -252,6 +272,8 @@ def test_speaking_during_a_reply_stops_it_at_once():
     assert first.done.wait(WAIT)
     assert client.names() == ["transcript", "response_text", "audio", "stop_tts"]  # nothing after the stop
     assert speaker.closed == 1 and len(speaker.calls) == 1  # the speech generator was closed, no next sentence
+    assert speaker.yielded == 2  # its next chunk was refused and it was stopped there, not run to the end
+    assert order == ["speaker closed", "brain closed"]  # the speech stops first, at once
     assert list(session.history) == [Turn("hola", "Hola.")]  # what was said before the barge-in
 
 
@@ -381,6 +403,7 @@ def test_a_bad_frame_is_an_error_and_kept_out():
     session.feed_frame(12)
     assert [(d["code"], d["param"]) for d in client.of("error")] == [("frame_too_large", "video_frame"),
                                                                       ("malformed_frame", "video_frame")]
+    assert client.of("error")[1]["message"] == "a video frame must be a JPEG data URL string"
     assert len(session.frames) == 0
     pixels = make(VitaConfig(max_frame_pixels=100))
     pixels[0].feed_frame(jpeg("red", size=(16, 12)))
@@ -434,3 +457,52 @@ def test_a_client_that_vanished_does_not_stop_the_session():
     send(session, clock, speech())
     reply = reply_done(session)
     assert session.stats["replies"] == 1 and not reply.cancelled.is_set()
+
+
+def test_speech_between_two_sentences_stops_the_reply_before_the_next():
+    gate = threading.Event()
+    brain = Brain(gate=gate)
+    session, client, clock = make(brain=brain)
+    send(session, clock, speech())
+    assert brain.between.wait(WAIT)  # the first sentence is spoken, the second not yet written
+    send(session, clock, track((0.9, 20)))
+    gate.set()
+    reply_done(session)
+    assert client.names() == ["transcript", "response_text", "audio", "audio", "stop_tts"]
+    assert list(session.history) == [Turn("hola", "Hola.")]  # what the user heard
+
+
+def test_first_audio_is_timed_at_the_first_audible_chunk():
+    gate = threading.Event()
+    speaker = Speaker(gate=gate, first_empty=True)
+    session, client, clock = make(speaker=speaker)
+    send(session, clock, speech())
+    assert speaker.spoke_once.wait(WAIT)  # an empty chunk went through
+    assert session.last_reply.first_audio_s is None and "audio" not in client.names()
+    gate.set()
+    assert 0 < reply_done(session).first_audio_s < WAIT
+
+
+def test_a_speaker_that_returns_a_list_is_spoken_too():
+    class ListSpeaker(Speaker):
+        def synthesize(self, sentence, language, voice):
+            return [(np.full(2400, 0.25, np.float32), OUT_RATE)]
+
+    session, client, clock = make(speaker=ListSpeaker(), brain=Brain(sentences=("Sí.",)))
+    send(session, clock, speech())
+    reply_done(session)
+    assert client.names() == ["transcript", "response_text", "audio", "response_done"]
+
+
+def test_a_reply_in_flight_never_keeps_the_server_from_exiting():
+    gate = threading.Event()
+    speaker = Speaker(gate=gate)
+    session, client, clock = make(speaker=speaker)
+    send(session, clock, speech())
+    assert speaker.spoke_once.wait(WAIT)
+    try:
+        replies = [t for t in threading.enumerate() if t.name == "vita-reply-sid-0123"]
+        assert len(replies) == 1 and replies[0].daemon
+    finally:
+        gate.set()
+        reply_done(session)
