@@ -173,7 +173,7 @@ def test_the_next_reply_sees_the_history_and_it_is_bounded():
     for _ in range(3):
         send(session, clock, speech())
         reply_done(session)
-    assert [len(c["history"]) for c in brain.calls] == [0, 1, 2]
+    assert [len(c["history"]) for c in brain.calls] == [0, 1, 2] and session.stats["replies"] == 3
     assert brain.calls[1]["history"] == [Turn("hola", "Sí.")] and brain.calls[1]["text"] == "hola"
     assert len(session.history) == 2
     session.reset_state()
@@ -320,7 +320,8 @@ def test_bad_packets_are_dropped_with_an_error_once_per_interval():
     session.feed_audio("not json")
     session.feed_audio("not json")  # the same code within the interval: not repeated
     assert session.stats["dropped"] == 2 and session.stats["packets"] == 0
-    assert [(d["code"], d["param"]) for d in client.of("error")] == [("malformed_audio", "audio")]
+    assert client.of("error") == [{"message": "malformed audio packet: the audio packet is not valid JSON",
+                                   "code": "malformed_audio", "param": "audio"}]
     session.feed_audio(json.dumps({"sample_rate": 8000, "audio": [0, 0]}))  # another code: sent
     assert [d["code"] for d in client.of("error")] == ["malformed_audio", "wrong_sample_rate"]
     clock.now += 0.999
@@ -337,19 +338,47 @@ def test_bad_packets_are_dropped_with_an_error_once_per_interval():
 
 
 def test_audio_faster_than_real_time_is_throttled():
-    session, client, clock = make(VitaConfig(audio_rate=1.5, audio_burst_s=2.0))
+    session, client, clock = make(VitaConfig(audio_rate=2.5, audio_burst_s=1.0))
     quiet = np.zeros(RATE // 2, np.float32)
-    for _ in range(4):  # 2 s at once: the whole burst
+    for _ in range(2):  # 1 s at once: the whole burst
         session.feed_audio(packet(quiet))
     assert client.events == [] and session.stats["dropped"] == 0
     session.feed_audio(packet(quiet))
-    assert client.events == [("error", {"message": "audio arrives faster than real time; packets are being dropped "
-                                                   "(limit 1.5x real time)", "code": "audio_throttled",
-                                        "param": "audio"})]
-    assert session.stats == {"packets": 5, "dropped": 1, "utterances": 0, "replies": 0, "interruptions": 0}
-    clock.now += 1 / 3  # refills 0.5 s at 1.5x
     session.feed_audio(packet(quiet))
-    assert session.stats["dropped"] == 1
+    assert client.events == [("error", {"message": "audio arrives faster than real time; packets are being dropped "
+                                                   "(limit 2.5x real time)", "code": "audio_throttled",
+                                        "param": "audio"})]  # once: the repeat is within the error interval
+    assert session.stats == {"packets": 4, "dropped": 2, "utterances": 0, "replies": 0, "interruptions": 0}
+    clock.now += 0.2  # refills 0.5 s at 2.5x
+    session.feed_audio(packet(quiet))
+    assert session.stats["dropped"] == 2
+    session.feed_audio(packet(quiet))
+    assert session.stats["dropped"] == 3
+
+
+def test_a_monologue_is_cut_at_the_configured_length():
+    transcriber = Transcriber()
+    session, client, clock = make(VitaConfig(max_utterance_s=1.5), transcriber=transcriber)
+    send(session, clock, track((0.9, 60)))  # 1.9 s without a pause
+    assert session.stats["utterances"] == 1  # answered without waiting for the end of speech
+    reply_done(session)
+    assert 1.4 * RATE < transcriber.calls[0][0] <= 1.6 * RATE
+
+
+def test_each_barge_in_is_counted():
+    speaker = Speaker()
+    session, client, clock = make(speaker=speaker)
+    for n in (1, 2):
+        gate = threading.Event()
+        speaker.gate = gate
+        speaker.spoke_once.clear()
+        send(session, clock, speech())
+        assert speaker.spoke_once.wait(WAIT)
+        send(session, clock, track((0.9, 10), (0.1, 20)))  # a short "hm": interrupts, too short to answer
+        gate.set()
+        reply_done(session)
+        assert session.stats["interruptions"] == n
+    assert client.names().count("stop_tts") == 2
 
 
 def jpeg(color="red", size=(16, 12)):
@@ -413,6 +442,7 @@ def test_a_bad_frame_is_an_error_and_kept_out():
 def test_speech_start_and_frames_count_as_activity():
     session, client, clock = make()
     start = session.last_activity
+    assert start == clock.now
     clock.now += 5
     send(session, clock, track((0.1, 10)))
     assert session.last_activity == start  # silence is not activity
