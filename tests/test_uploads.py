@@ -89,6 +89,7 @@ def test_a_multipart_file_is_stored_as_sent_under_a_random_name(app, client, fil
     base64.b64encode(PAYLOAD).decode(),
     "  \n" + base64.b64encode(PAYLOAD).decode() + "\n",
     "data:audio/wav;base64," + base64.b64encode(PAYLOAD).decode(),
+    " \n data:audio/wav;base64," + base64.b64encode(PAYLOAD).decode() + " \n",
     "DATA:image/svg+xml;charset=utf-8;base64," + base64.b64encode(PAYLOAD).decode(),
     "data:;base64," + base64.b64encode(PAYLOAD).decode()])
 def test_base64_in_json_is_stored_byte_for_byte(app, client, value):
