@@ -10,7 +10,7 @@ from flask_socketio import SocketIO
 from services.model_env import ModelEnv
 from services.vram import DeviceSpec, VramOffloader
 
-from . import auth
+from . import auth, socket_json
 from .api import ApiRequest
 from .bodies import BodyGuard, UploadSlots
 from .context import Backend
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # reorders them and costs 15x the p99 at 20 sessions). Handlers must stay quick: long work
     # goes to a thread of its own.
     socketio = SocketIO(app, async_mode="threading", cors_allowed_origins="*" if origins == ["*"] else origins,
-                        max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False)
+                        max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False, json=socket_json)
     # Only namespaces with handlers (ours, each checking the token) accept a CONNECT; `/`, which
     # python-socketio accepts by default with no check, answers CONNECT_ERROR. (Set here: an empty
     # list given to the constructor is read as its default, ['/'].)

@@ -2,6 +2,9 @@
 
 - `RedactSecrets` (on werkzeug's access log): `?token=<key>` (the VITA page's URL) becomes
   `?token=[redacted]` before any handler sees the line.
+- `QuietPolling` (on werkzeug's access log): a Socket.IO client on HTTP long-polling (tunnels that
+  drop WebSockets) makes a request per batch of packets, ~125 a second for one VITA session; the
+  answered ones (status < 400) are not logged, failures still are.
 - `OneLinePerWindow` (on engineio's and socketio's loggers, and ours for refused sockets): a
   malformed packet costs a client 2 bytes and cost us ~1.8 KB of traceback each; every record
   becomes one line (`message: ExcType: text`, cut to a few hundred characters) and at most
@@ -30,6 +33,15 @@ class RedactSecrets(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         return True
+
+
+class QuietPolling(logging.Filter):
+    # werkzeug's access line: '... "POST /socket.io/?EIO=4&transport=polling&t=... HTTP/1.1" 200 -'
+    # (the status may be wrapped in terminal colour codes)
+    ANSWERED = re.compile(r'"(?:GET|POST) /socket\.io/\?[^"]*transport=polling[^"]*" (?:\x1b\[[\d;]*m)?[123]\d\d\b')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.ANSWERED.search(record.getMessage())
 
 
 class OneLinePerWindow(logging.Filter):
@@ -79,5 +91,6 @@ def _install_once(logger: logging.Logger, kind: type[logging.Filter], make) -> N
 def install_log_filters() -> None:
     """Process-wide and idempotent: loggers are global, apps may be created more than once."""
     _install_once(logging.getLogger("werkzeug"), RedactSecrets, RedactSecrets)
+    _install_once(logging.getLogger("werkzeug"), QuietPolling, QuietPolling)
     for name in SOCKET_LOGGERS:
         _install_once(logging.getLogger(name), OneLinePerWindow, OneLinePerWindow)

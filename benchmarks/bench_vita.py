@@ -6,7 +6,8 @@
    p50/p99/max chunk handling time per N and whether the packets kept pace. Goal: >= 20 sessions
    with p99 < 16 ms on 2 cores.
 2. The same through Socket.IO (a live server; the clients run in a child process so their CPU
-   shows up as it would on another machine): server-side handling time of each `audio` event.
+   shows up as it would on another machine): server-side handling time of each `audio` event,
+   the server's CPU per packet, and the 1-minute load average (the machine may be shared).
 3. End of speech -> first audio byte with tiny models (pipeline overhead): the tiny random
    Qwen2-VL, an instant transcriber and an instant tone speaker. Prints the time from the VAD's
    end-of-speech decision to the first `audio` event (server side), and from the last spoken
@@ -189,7 +190,7 @@ def bench_socketio(counts, seconds: float, transport: str = "websocket") -> list
                 handled = len(timings)
                 flat = [x * 1000 for x in timings]
                 rows.append((n, percentile(flat, 50), percentile(flat, 99), max(flat) if flat else float("nan"),
-                             handled / (n * len(pkts)), wall, cpu / max(1, handled) * 1e6))
+                             handled / (n * len(pkts)), wall, cpu / max(1, handled) * 1e6, os.getloadavg()[0]))
                 server.stop()
     finally:
         session_mod.Session.feed_audio = original
@@ -285,12 +286,12 @@ def main() -> None:
     if not args.skip_socketio:
         print("\n2. Sessions through Socket.IO (server-side handling of each `audio` event; clients in a child process)")
         print(f"{'transport':>9} {'sessions':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'handled':>8} {'wall s':>7}"
-              f" {'cpu us/pkt':>10}")
+              f" {'cpu us/pkt':>10} {'load':>5}")
         for transport in args.transports.split(","):
-            for n, p50, p99, mx, handled, wall, cpu in bench_socketio(counts, args.seconds, transport):
+            for n, p50, p99, mx, handled, wall, cpu, load in bench_socketio(counts, args.seconds, transport):
                 mark = "ok" if p99 < 16 and handled >= 0.9999 else "OVER"
                 print(f"{transport:>9} {n:>8} {p50:>8.3f} {p99:>8.3f} {mx:>8.2f} {handled:>8.1%} {wall:>7.1f}"
-                      f" {cpu:>10.0f}  {mark}", flush=True)
+                      f" {cpu:>10.0f} {load:>5.1f}  {mark}", flush=True)
 
     if not args.skip_reply:
         from prefetch.manifest import discover_smoke_builders, SMOKE_BUILDERS

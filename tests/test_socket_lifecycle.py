@@ -15,7 +15,7 @@ import socketio
 
 from tests import fake_jobs
 from tests.conftest import API_KEY
-from tests.vita_helpers import FixedTranscriber, ToneSpeaker, VitaClient
+from tests.vita_helpers import FixedTranscriber, ToneSpeaker, VitaClient, silence
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 RESERVED = ["disconnect", "connect", "authed_connect", "authed-connect", "connect_error", "disconnecting"]
@@ -79,6 +79,16 @@ def test_jobs_subscribe_answers_with_the_job_or_an_error(jobs_server, jobs_clien
     assert [name for name, _ in got[1:]] == ["error", "error"]
     assert "no-such-job" in got[1][1]["message"]
     assert c.sio.connected
+
+
+def test_packet_codec_encodes_what_orjson_refuses_through_the_standard_library():
+    # Socket.IO packets are encoded by orjson (backend/socket_json.py), which refuses integers over
+    # 64 bits and non-string keys: such data must still go out, as the standard library writes it
+    from backend import socket_json
+
+    data = ["job", {"value": 2 ** 70 + 1, "by_index": {1: "a"}, "text": "¿qué?"}]
+    assert json.loads(socket_json.dumps(data, separators=(",", ":"))) == json.loads(json.dumps(data))
+    assert socket_json.loads(socket_json.dumps(["audio", "{\"a\": [1, 2]}"])) == ["audio", "{\"a\": [1, 2]}"]
 
 
 def test_reserved_and_non_string_event_names_are_ignored_on_jobs(jobs_server, jobs_client, caplog):
@@ -159,3 +169,21 @@ def test_reserved_and_non_string_event_names_are_ignored_on_vita(vita_server, vi
     ignored = [r for r in caplog.records if "ignored a client event" in r.getMessage()]
     assert len(ignored) <= 2 * len(RESERVED) + 1 and all(r.levelno == logging.DEBUG for r in ignored)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_long_polling_stays_out_of_the_access_log_but_its_failures_do_not(vita_server, vita_client, caplog):
+    """A VITA session on long-polling makes ~125 requests a second: one access line each would
+    flood the log (and the notebook's output)."""
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    c = vita_client(("polling",))
+    session = vita_server.app.extensions["vita"].get(c.sid)
+    c.send_audio(silence(0.4), speed=float("inf"))
+    c.wait(lambda: session.stats["packets"] >= 50, timeout=10)
+    assert requests.get(f"{vita_server.url}/vita?token={API_KEY}", timeout=10).status_code == 200
+    bad = requests.post(f"{vita_server.url}/socket.io/?EIO=4&transport=polling&sid=no-such-sid", data="40",
+                        timeout=10)
+    assert bad.status_code == 400
+    lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert any('"GET /vita?token=[redacted] HTTP/1.1" 200' in line for line in lines), lines
+    polling = [line for line in lines if "/socket.io/" in line]
+    assert len(polling) == 1 and "sid=no-such-sid" in polling[0] and '" 400' in polling[0], polling

@@ -43,3 +43,35 @@ def test_stream_refuses_windows_the_network_does_not_take():
         ours(np.zeros(256, np.float32), 16000)
     with pytest.raises(ValueError):
         ours(np.zeros(512, np.float32), 8000)
+
+
+def test_utterances_are_cut_where_the_package_iterator_cuts(speech):
+    """The segmenter decides as silero-vad's own VADIterator (VITA's settings) over the package's
+    wrapper: the same speech starts and ends, so each utterance is exactly those samples."""
+    from silero_vad import VADIterator
+
+    from services.vita.vad import END_SILENCE_MS, START_THRESHOLD, WINDOW, SpeechSegmenter, load_vad_model
+
+    model = load_vad_model()
+    package = copy.copy(model)
+    package.reset_states()
+    iterator = VADIterator(package, threshold=START_THRESHOLD, sampling_rate=16000,
+                           min_silence_duration_ms=END_SILENCE_MS, speech_pad_ms=100)
+    audio = np.concatenate([silence(0.7), speech, silence(0.8), speech[: speech.size // 3], silence(1.0), speech,
+                            silence(0.7)])
+    expected, start = [], None
+    for i in range(0, audio.size // WINDOW * WINDOW, WINDOW):
+        decision = iterator(torch.from_numpy(audio[i:i + WINDOW].copy()))
+        if decision and "start" in decision:
+            start = decision["start"]
+        elif decision and "end" in decision:
+            expected.append(audio[start:decision["end"]])
+    assert len(expected) >= 3
+
+    seg = SpeechSegmenter(model, min_utterance_s=0.0)
+    got = []
+    for i in range(0, audio.size, 128):  # VITA's packet size: windows straddle packets
+        got += [e.audio for e in seg.push(audio[i:i + 128]) if e.kind == "utterance"]
+    assert [g.size for g in got] == [e.size for e in expected]
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)

@@ -5,7 +5,10 @@ threshold 0.7: speech starts at p >= 0.7 and ends after 500 ms below 0.7 - 0.15 
 Utterances shorter than 1 s are dropped.
 
 One ONNX session is loaded once and shared: ONNX Runtime runs concurrent calls safely, and each
-stream's recurrent state lives in its own `SileroStream` (below), under the package's VADIterator.
+stream's recurrent state lives in its own `SileroStream` (below). `SpeechSegmenter` applies
+VADIterator's decisions itself, in numpy: at VITA's packet rate the package's torch wrapper and
+iterator cost more CPU than the network (bench_vita.py section 2, profiled with py-spy);
+tests/test_vita_vad_stream.py checks both against the package on real speech.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero VAD's window at 16 kHz (32 ms)
-START_THRESHOLD = 0.7  # VADIterator ends speech below this - 0.15 (0.55); it takes no end threshold
+START_THRESHOLD = 0.7
+END_THRESHOLD = START_THRESHOLD - 0.15  # VADIterator's: it takes no end threshold of its own
 END_SILENCE_MS = 500
 MIN_UTTERANCE_S = 1.0
 
@@ -35,10 +39,9 @@ def load_vad_model():
 class SileroStream:
     """Silero VAD's ONNX network with one stream's recurrent state, in numpy.
 
-    It stands in for the package's `OnnxWrapper` under its `VADIterator` (the same inputs, state
-    and 64-sample context; 16 kHz windows of 512 samples only): the wrapper's per-window torch
-    bookkeeping cost more CPU than the network itself at VITA's packet rate (bench_vita.py,
-    section 2, profiled with py-spy)."""
+    What the package's `OnnxWrapper` computes (the same inputs, state and 64-sample context; 16 kHz
+    windows of 512 samples only), without its per-window torch bookkeeping, which cost more CPU
+    than the network itself at VITA's packet rate (bench_vita.py section 2, profiled with py-spy)."""
 
     CONTEXT = 64
 
@@ -55,6 +58,10 @@ class SileroStream:
         x = np.asarray(x, dtype=np.float32).reshape(1, -1)
         if sr != SAMPLE_RATE or x.shape[1] != WINDOW:
             raise ValueError(f"Silero VAD takes {WINDOW}-sample windows at {SAMPLE_RATE} Hz")
+        return self.probability(x)
+
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        """`x`: one float32 window, shape (1, WINDOW); returns [[p]]."""
         window = np.concatenate([self._context, x], axis=1)
         out, self._state = self.session.run(None, {"input": window, "state": self._state, "sr": self._sr})
         self._context = window[:, -self.CONTEXT:]
@@ -71,54 +78,75 @@ class VadEvent:
 class SpeechSegmenter:
     """Feed 16 kHz float32 samples in any packet size; get start / utterance / dropped events.
 
-    Memory is bounded: before speech only `pad_ms` of audio is kept; during speech at most
-    `max_utterance_s`, after which the utterance is cut and handed on as if speech had ended.
+    Speech starts and ends as the silero-vad package's `VADIterator` decides (the same sample
+    positions, padding included). Memory is bounded: before speech only `pad_ms` of audio is kept;
+    during speech at most `max_utterance_s`, after which the utterance is cut and handed on as if
+    speech had ended.
     """
 
     def __init__(self, base_model, *, pad_ms: int = 100, min_utterance_s: float = MIN_UTTERANCE_S,
                  max_utterance_s: float = 20.0):
-        from silero_vad import VADIterator
-
-        self._iter = VADIterator(SileroStream(base_model.session), threshold=START_THRESHOLD, sampling_rate=SAMPLE_RATE,
-                                 min_silence_duration_ms=END_SILENCE_MS, speech_pad_ms=pad_ms)
+        self._stream = SileroStream(base_model.session)
+        self._pad = SAMPLE_RATE * pad_ms / 1000
+        self._min_silence = SAMPLE_RATE * END_SILENCE_MS / 1000
         self.min_samples = int(min_utterance_s * SAMPLE_RATE)
         self.max_samples = int(max_utterance_s * SAMPLE_RATE)
-        self._pending = np.zeros(0, np.float32)
         # (first sample index, window) pairs: the pre-roll before speech, everything during it
         self._preroll = max(2, -(-int(pad_ms * SAMPLE_RATE / 1000) // WINDOW) + 2)
-        self._windows: deque[tuple[int, np.ndarray]] = deque(maxlen=self._preroll)
-        self._speech_start: int | None = None
+        self.reset()
 
     @property
     def in_speech(self) -> bool:
         return self._speech_start is not None
 
     def reset(self) -> None:
-        self._iter.reset_states()
+        self._reset_iterator()
         self._pending = np.zeros(0, np.float32)
-        self._windows = deque(maxlen=self._preroll)
-        self._speech_start = None
+        self._windows: deque[tuple[int, np.ndarray]] = deque(maxlen=self._preroll)
+        self._speech_start: int | None = None
+
+    def _reset_iterator(self) -> None:
+        self._stream.reset_states()
+        self._triggered = False
+        self._temp_end = 0
+        self._current = 0  # samples heard since the last reset
+
+    def _decide(self, window: np.ndarray) -> tuple[str, int] | None:
+        """VADIterator.__call__ on one window: ("start" | "end", sample) or None."""
+        p = self._stream.probability(window.reshape(1, WINDOW)).item()
+        self._current += WINDOW
+        if p >= START_THRESHOLD:
+            self._temp_end = 0
+            if not self._triggered:
+                self._triggered = True
+                return "start", int(max(0, self._current - self._pad - WINDOW))
+        elif p < END_THRESHOLD and self._triggered:
+            if not self._temp_end:
+                self._temp_end = self._current
+            if self._current - self._temp_end >= self._min_silence:
+                end = int(self._temp_end + self._pad - WINDOW)
+                self._temp_end = 0
+                self._triggered = False
+                return "end", end
+        return None
 
     def push(self, samples: np.ndarray) -> list[VadEvent]:
-        import torch
-
         events: list[VadEvent] = []
         buf = np.concatenate([self._pending, samples]) if self._pending.size else samples
         n_windows = buf.size // WINDOW
         for i in range(n_windows):
             window = np.ascontiguousarray(buf[i * WINDOW:(i + 1) * WINDOW], dtype=np.float32)
-            first = self._iter.current_sample
-            self._windows.append((first, window))
-            result = self._iter(torch.from_numpy(window))
-            if result and "start" in result:
-                self._speech_start = int(result["start"])
+            self._windows.append((self._current, window))
+            decision = self._decide(window)
+            if decision is not None and decision[0] == "start":
+                self._speech_start = decision[1]
                 self._windows = deque(self._windows)  # unbounded while speaking (capped below)
                 events.append(VadEvent("start"))
-            elif result and "end" in result:
-                events.append(self._finish(int(result["end"])))
-            elif self._speech_start is not None and self._iter.current_sample - self._speech_start >= self.max_samples:
-                events.append(self._finish(self._iter.current_sample))
-                self._iter.reset_states()  # a fresh start: the cut is not an end of speech
+            elif decision is not None:
+                events.append(self._finish(decision[1]))
+            elif self._speech_start is not None and self._current - self._speech_start >= self.max_samples:
+                events.append(self._finish(self._current))
+                self._reset_iterator()  # a fresh start: the cut is not an end of speech
                 self._windows.clear()
         self._pending = buf[n_windows * WINDOW:].copy()
         return events
