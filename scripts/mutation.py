@@ -28,14 +28,16 @@ GOAL = 0.85
 MODULES: dict[str, list[str]] = {
     "backend/auth.py": ["tests/test_auth_keys.py", "tests/test_app.py"],
     "backend/jobs.py": ["tests/test_jobs.py", "tests/test_jobs_retry.py"],
-    "backend/uploads.py": ["tests/test_jobs.py"],
+    "backend/uploads.py": ["tests/test_uploads.py"],
     "services/vram.py": ["tests/test_vram.py"],
     "services/whisper/timeline.py": ["tests/test_whisper_timeline.py"],
     # test_whisper_service.py and test_whisper_video.py also reach it, through a model: minutes per mutant
     "services/whisper/subtitles.py": ["tests/test_subtitles.py"],
     "services/vita/vad.py": ["tests/test_vita_vad.py"],
-    "services/vita/session.py": ["tests/test_vita_units.py", "tests/test_vita.py"],
-    "services/tts/voices.py": ["tests/test_tts.py"],
+    # test_vita.py reaches it too, through Socket.IO and the tiny models: a server start per mutant
+    "services/vita/session.py": ["tests/test_vita_session.py"],
+    # test_tts.py reaches it too, through HTTP and the tiny Chatterbox server: a server start per mutant
+    "services/tts/voices.py": ["tests/test_tts_voices.py"],
     "services/tts/text.py": ["tests/test_tts_text.py"],
     # test_image.py reaches it too, through the tiny SDXL pipeline: minutes per mutant
     "services/image/params.py": ["tests/test_image_params.py"],
@@ -52,8 +54,8 @@ MODULES: dict[str, list[str]] = {
 }
 # Test files that import torch (directly or through the model code) run their mutants from a fork
 # server that never ran a test itself: forking a process whose torch thread pools are running can hang.
-TORCH_TESTS = {"tests/test_vita_units.py", "tests/test_vita.py", "tests/test_vita_vad.py", "tests/test_tts.py",
-               "tests/test_image.py", "tests/test_whisper_service.py", "tests/test_vram.py",
+TORCH_TESTS = {"tests/test_vita_units.py", "tests/test_vita_session.py", "tests/test_vita.py", "tests/test_vita_vad.py",
+               "tests/test_tts.py", "tests/test_image.py", "tests/test_whisper_service.py", "tests/test_vram.py",
                "tests/test_restore_units.py"}
 SOURCE_PATHS = ["backend", "services", "prefetch"]
 ALSO_COPY = ["README.md", "requirements.txt", "requirements", "scripts", "notebooks", "benchmarks", "data"]
@@ -92,7 +94,7 @@ def write_config(work: Path, module: str, tests: list[str]) -> None:
         return "".join(f"\n    {v}" for v in values)
 
     isolation = "forkserver" if TORCH_TESTS & set(tests) else "fork"
-    (work / "setup.cfg").write_text(
+    config = (
         "[mutmut]\n"
         f"source_paths ={block(SOURCE_PATHS)}\n"
         f"only_mutate ={block([module])}\n"
@@ -101,6 +103,7 @@ def write_config(work: Path, module: str, tests: list[str]) -> None:
         f"pytest_add_cli_args ={block(['-p', 'no:cacheprovider', '-p', 'no:timeout'])}\n"
         f"do_not_mutate_patterns ={block(DO_NOT_MUTATE_PATTERNS)}\n"
         f"process_isolation = {isolation}\n")
+    (work / "setup.cfg").write_text(config)
 
 
 def allow_list() -> dict[str, tuple[str, str]]:

@@ -120,3 +120,51 @@ def test_ass_text_cannot_open_override_blocks():
     ass = to_ass([Cue(0.0, 1.0, (r"{\b1}hola\N", "a}b{c"))], width=320, height=240)
     text = pysubs2.SSAFile.from_string(ass)[0].text
     assert text == "(\u29f5b1)hola\u29f5N\\Na)b(c"
+
+
+def test_on_a_tie_the_shorter_line_goes_on_top():
+    # "a www" / "b" and "a" / "www b" both have a longest line of 5: subtitles are bottom-heavy
+    assert break_lines("a www b", max_line_chars=5) == [["a", "www b"]]
+
+
+def test_a_single_long_word_may_make_the_top_line():
+    # the best split puts one word alone on the first line
+    assert break_lines("abcdefghijklmnopq ab cd ef", max_line_chars=20) == [["abcdefghijklmnopq", "ab cd ef"]]
+
+
+def test_hyphenated_words_stay_whole_on_one_line():
+    text = "Nuestra comida latino-americana favorita"
+    assert textwrap.wrap(text, 22) != textwrap.wrap(text, 22, break_on_hyphens=False)  # the example can tell
+    lines = [line for cue in break_lines(text, max_line_chars=22) for line in cue]
+    assert any("latino-americana" in line.split() for line in lines) and not any(line.endswith("-") for line in lines)
+
+
+def test_max_lines_reaches_the_cues():
+    segment = [{"start": 0.0, "end": 6.0, "text": "aaaa bbbb cccc dddd eeee ffff"}]
+    assert [c.lines for c in cues_from_segments(segment, max_line_chars=9, max_lines=3)] == [
+        ("aaaa bbbb", "cccc dddd", "eeee ffff")]
+    assert len(cues_from_segments(segment, max_line_chars=9, max_lines=1)) == 3
+
+
+def test_a_segment_without_a_text_key_makes_no_cue():
+    assert cues_from_segments([{"start": 0.0, "end": 1.0}, {"start": 1.0, "end": 2.0, "text": "sí"}]) == [
+        Cue(1.0, 2.0, ("sí",))]
+
+
+@pytest.mark.parametrize("start, end, kept", [
+    (0.2, 0.4, True), (0.6, 0.9, True), (1.0, 1.0004, False), (0.9996, 1.0004, False), (3.0, 3.001, True)])
+def test_short_segments_keep_their_cue_unless_under_a_millisecond(start, end, kept):
+    cues = cues_from_segments([{"start": start, "end": end, "text": "sí"}])
+    assert cues == ([Cue(round(start, 3), round(end, 3), ("sí",))] if kept else [])
+
+
+def test_ass_style_numbers_are_whole_pixels():
+    import pysubs2
+
+    from services.whisper.subtitles import to_ass
+
+    ass = to_ass([Cue(0.0, 1.0, ("hola",))], width=1010, height=250)  # margins 50.5 and 12.5 if not floored
+    style = next(line for line in ass.splitlines() if line.startswith("Style: Default,"))
+    fields = style.split(",")
+    assert fields[-4:-1] == ["50", "50", "12"]  # MarginL, MarginR, MarginV: integers in the ASS format
+    assert pysubs2.SSAFile.from_string(ass).styles["Default"].marginv == 12

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch  # imported once at collection (a mutation run forks after it), not inside a test
 
 from services.vram import (
     GB,
@@ -199,9 +200,35 @@ def test_in_use_model_is_never_evicted_and_busy_raises_immediately():
     assert states(off) == {"a": "unloaded", "b": "gpu"}
 
 
+class Waits(threading.Condition):
+    """The offloader's condition, counting the threads that went to sleep on it: a test releases a
+    model once a waiter is known to be waiting (no sleep that only makes the race likely)."""
+
+    def __init__(self, lock) -> None:
+        super().__init__(lock)
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def wait(self, timeout=None):
+        with self.changed:
+            self.count += 1
+            self.changed.notify_all()
+        return super().wait(timeout)
+
+    def until(self, n: int, timeout: float = 10) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.count >= n, timeout), f"{self.count} of {n} waiters"
+
+
+def watch_waits(off: VramOffloader) -> Waits:
+    off._cond = Waits(off._lock)
+    return off._cond
+
+
 def test_busy_wait_succeeds_when_released_in_time():
     lib = Lib()
     off = make(10)
+    waits = watch_waits(off)
     reg_session(off, lib, "a", 6)
     reg_session(off, lib, "b", 6)
     holding = threading.Event()
@@ -209,12 +236,12 @@ def test_busy_wait_succeeds_when_released_in_time():
     def hold():
         with off.acquire("a"):
             holding.set()
-            time.sleep(0.2)
+            waits.until(1)  # b found a busy and is waiting for it
 
     t = threading.Thread(target=hold)
     t.start()
     assert holding.wait(5)
-    with off.acquire("b", wait_s=5) as m:
+    with off.acquire("b", wait_s=30) as m:
         assert m.name == "b"
     t.join()
     assert states(off) == {"a": "unloaded", "b": "gpu"}
@@ -362,8 +389,6 @@ def test_loader_other_error_propagates_unchanged():
 
 
 def test_run_oom_evicts_other_idle_and_retries_once():
-    import torch
-
     lib = Lib()
     off = make(20)
     for n in "abc":
@@ -408,8 +433,6 @@ def test_run_non_oom_error_propagates():
 
 
 def test_is_oom_error():
-    import torch
-
     assert is_oom_error(torch.cuda.OutOfMemoryError("x"))
     assert is_oom_error(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert is_oom_error(RuntimeError("CUDA failed with error CUDA_ERROR_OUT_OF_MEMORY"))
@@ -487,8 +510,6 @@ def test_measured_larger_than_estimate_evicts_to_stay_in_budget():
 
 
 def test_cpu_torch_module_measured_by_parameter_bytes():
-    import torch
-
     off = make(1)
     off.register("lin", lambda d: torch.nn.Linear(100, 50).to(d), runtime=Runtime.TORCH,
                  estimate_bytes=10 * 2**20)
@@ -499,8 +520,6 @@ def test_cpu_torch_module_measured_by_parameter_bytes():
 
 
 def test_pipeline_components_measured():
-    import torch
-
     class Pipe:
         def __init__(self):
             self.unet = torch.nn.Linear(10, 10)
@@ -767,24 +786,28 @@ def test_thread_safety_smoke():
 
 def test_same_model_from_many_threads_loads_once():
     off = make(10)
+    waits = watch_waits(off)
     loads = []
+    loading = threading.Event()
 
     def loader(device):
         loads.append(device)
-        time.sleep(0.05)
+        loading.set()
+        waits.until(5)  # the five others are waiting for this load, not starting their own
         return FakeSession("m")
 
     off.register("m", loader, runtime=Runtime.ONNX, estimate_bytes=GB)
     seen = []
-    barrier = threading.Barrier(6)
 
     def worker():
-        barrier.wait()
         with off.acquire("m") as m:
             seen.append(m)
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
+    first = threading.Thread(target=worker)
+    first.start()
+    assert loading.wait(10)
+    threads = [first, *(threading.Thread(target=worker) for _ in range(5))]
+    for t in threads[1:]:
         t.start()
     for t in threads:
         t.join(10)
