@@ -218,7 +218,8 @@ def test_missing_model_files_are_503_naming_the_prefetch_command(live_server, se
     models = requests.get(f"{server.url}/v1/models", headers=H, timeout=10).json()["data"]
     assert {m["id"]: m["available"] for m in models if m["family"] == "image"} == {
         "sdxl-lightning-1step": False, "sdxl-lightning-2step": False, "sdxl-lightning-4step": False,
-        "sdxl-lightning-8step": False, "controlnet-openpose-sdxl": False, "dwpose": False}
+        "sdxl-lightning-8step": False, "controlnet-openpose-sdxl": False, "dwpose": False,
+        "realesrgan-x2plus": False, "realesrgan-x4plus": False}
 
 
 def test_one_missing_step_checkpoint_is_503_for_that_step_count_only(live_server, settings_for, models, tmp_path):
