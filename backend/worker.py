@@ -38,9 +38,10 @@ from .settings import Settings, load_settings
 log = logging.getLogger("enfoads.worker")
 
 # The families a worker can run and the module that builds each one's service and handlers.
+# `restore` (/upscale, /restore-faces) is built with the face family, whose swaps restore faces too.
 FAMILY_MODULES = {"image": "backend.routes.image", "face": "backend.routes.face",
                   "whisper": "backend.routes.whisper", "tts": "backend.routes.tts",
-                  "animate": "backend.routes.animate"}
+                  "animate": "backend.routes.animate", "restore": "backend.routes.face"}
 REPORT_DEADLINE_S = 600.0  # how long a finished job's upload waits for an unreachable front
 PROGRESS_EVERY_S = 0.25  # progress reports at most this often (each answer also says "cancelled?")
 HTTP_TIMEOUT_S = 30.0

@@ -88,3 +88,18 @@ def test_the_notebook_tells_the_front_s_user_the_worker_key(live_server, make_se
 def test_notebook_worker_mode_says_which_setting_is_missing(make_settings):
     with pytest.raises(RuntimeError, match="ENFOADS_REDIS_URL"):
         nb.start_worker(make_settings(worker_families=["face"]))
+
+
+@pytest.mark.parametrize("families, kinds", [
+    (["image"], {"image.generate", "image.pose"}),  # /pose and pose_reference run on image workers
+    (["restore"], {"restore.upscale", "restore.faces"}),  # built with the face family, which restores swaps
+])
+def test_a_worker_family_brings_every_job_kind_of_its_routes(make_settings, families, kinds):
+    from backend.app import make_offloader
+    from backend.worker import build_handlers
+    from services.model_env import ModelEnv
+
+    s = make_settings()
+    env = ModelEnv(models_dir=s.models_dir, profile=s.profile, device=s.resolved_device, dtype=s.dtype_name,
+                   vram=make_offloader(s), data_dir=s.data_dir)
+    assert set(build_handlers(s, families, [], env)) == kinds
