@@ -1,12 +1,28 @@
 import os
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 API_KEY = "test-key-123"
+
+
+@contextmanager
+def job_events(url: str, transports=None):
+    """The `job` events the Socket.IO `/jobs` namespace sends this key's owner while the block runs."""
+    import socketio
+
+    events: list[dict] = []
+    sio = socketio.Client()
+    sio.on("job", events.append, namespace="/jobs")
+    sio.connect(url, namespaces=["/jobs"], auth={"token": API_KEY}, transports=transports, wait_timeout=10)
+    try:
+        yield events
+    finally:
+        sio.disconnect()
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@ is a white square, see tests/face_media.py): frame count, rate and audio kept, p
 frames without a face counted, expression edits confined to the face crop, every bad input."""
 import pytest
 import requests
-import socketio
 
 from services import media
 from tests import face_media as fm
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, job_events
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 SOURCE = fm.png(faces=[(112, 80)])
@@ -100,17 +99,11 @@ def _frames(path):
 
 
 def test_animate_keeps_frames_rate_and_audio_and_counts_faceless_frames(server, clip, tmp_path, wait_for):
-    events = []
-    sio = socketio.Client()
-    sio.on("job", lambda data: events.append(data), namespace="/jobs")
-    sio.connect(server.url, namespaces=["/jobs"], auth={"token": API_KEY}, wait_timeout=10)
-    try:
+    with job_events(server.url) as events:
         r = post_animate(server, clip.read_bytes())
         assert r.status_code == 200, r.text
         body = r.json()
         wait_for(lambda: any(e["id"] == body["job_id"] and e["status"] == "succeeded" for e in events))
-    finally:
-        sio.disconnect()
     assert r.headers["X-Job-Lane"] == "batch"
     assert body["frames"] == 10 and body["frames_without_face"] == 2 and body["audio"] == "copied"
     out = tmp_path / "out.mp4"

@@ -7,14 +7,13 @@ import time
 
 import pytest
 import requests
-import socketio
 from PIL import Image
 
 from backend.server import Server
 from tests import cluster_jobs
 from tests import face_media as fm
 from tests.cluster_procs import RedisProcess, WorkerProcess, free_port, wait_until
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, job_events
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 ASYNC = {**H, "Prefer": "respond-async"}
@@ -135,11 +134,7 @@ def test_a_worker_with_a_wrong_key_is_refused_and_stops(cluster):
 
 
 def test_jobs_of_several_families_spread_over_both_workers(cluster, tmp_path):
-    events = []
-    sio = socketio.Client()
-    sio.on("job", lambda data: events.append(data), namespace="/jobs")
-    sio.connect(cluster.url, namespaces=["/jobs"], auth={"token": API_KEY}, transports=["polling"], wait_timeout=10)
-    try:
+    with job_events(cluster.url, transports=["polling"]) as events:
         gate = tmp_path / "gate-spread"
         held = cluster.hold(gate)
         cluster.wait_status(held, "running")
@@ -174,8 +169,6 @@ def test_jobs_of_several_families_spread_over_both_workers(cluster, tmp_path):
         assert [e["status"] for e in mine][0] == "queued" and "running" in [e["status"] for e in mine]
         assert any(0 < e["progress"] < 1 for e in mine)
         assert set(mine[-1]) == set(cluster.job(held))  # the same fields as GET /jobs/<id>
-    finally:
-        sio.disconnect()
 
 
 def test_cancel_reaches_the_worker_at_its_next_progress_step(cluster, tmp_path):

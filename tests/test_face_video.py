@@ -1,11 +1,10 @@
 """Face swap on video through HTTP: frames, rate and audio kept, per-frame progress, cancel, limits."""
 import pytest
 import requests
-import socketio
 
 from services import media
 from tests import face_media as fm
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, job_events
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 SOURCE = fm.png(faces=[(16, 16)])
@@ -36,17 +35,11 @@ def get(server, path):
 
 
 def test_video_swap_keeps_frames_rate_and_audio_with_per_frame_progress(server, clip, tmp_path, wait_for):
-    events = []
-    sio = socketio.Client()
-    sio.on("job", lambda data: events.append(data), namespace="/jobs")
-    sio.connect(server.url, namespaces=["/jobs"], auth={"token": API_KEY}, wait_timeout=10)
-    try:
+    with job_events(server.url) as events:
         r = post_video(server, clip.read_bytes())
         assert r.status_code == 200, r.text
         body = r.json()
         wait_for(lambda: any(e["id"] == body["job_id"] and e["status"] == "succeeded" for e in events))
-    finally:
-        sio.disconnect()
     assert body["frames"] == 12 and body["frames_with_faces"] == 12 and body["audio"] == "copied"
     assert body["providers"]["inswapper_128"] == ["CPUExecutionProvider"]
     out = tmp_path / "out.mp4"

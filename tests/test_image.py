@@ -7,10 +7,9 @@ import threading
 
 import pytest
 import requests
-import socketio
 from PIL import Image
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, job_events
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 ASYNC = {**H, "Prefer": "respond-async"}
@@ -237,17 +236,11 @@ def test_one_missing_step_checkpoint_is_503_for_that_step_count_only(live_server
 
 @pytest.mark.parametrize("transports", [["websocket"], ["polling"]])
 def test_progress_events_arrive_in_order(server, wait_for, transports):
-    events = []
-    sio = socketio.Client()
-    sio.on("job", lambda data: events.append(data), namespace="/jobs")
-    sio.connect(server.url, namespaces=["/jobs"], auth={"token": API_KEY}, transports=transports, wait_timeout=10)
-    try:
+    with job_events(server.url, transports=transports) as events:
         r = generate(server, {"prompt": "a mug", "width": 64, "height": 64, "n": 2, "steps": 4,
                               "response_format": "url"})
         job_id = r.json()["job_id"]
         wait_for(lambda: any(e["id"] == job_id and e["status"] == "succeeded" for e in events), timeout=60)
-    finally:
-        sio.disconnect()
     mine = [e for e in events if e["id"] == job_id]
     assert mine[0]["status"] == "queued" and mine[-1]["status"] == "succeeded"
     running = [e for e in mine if e["status"] == "running" and e["progress"] > 0]

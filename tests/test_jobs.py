@@ -12,7 +12,7 @@ import requests
 import socketio
 
 from tests import fake_jobs
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, job_events
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -131,15 +131,9 @@ def test_list_jobs(server):
 
 @pytest.mark.parametrize("transports", [["websocket"], ["polling"]])
 def test_socketio_progress_reaches_the_owner_in_order(server, transports, wait_for):
-    events = []
-    sio = socketio.Client()
-    sio.on("job", lambda data: events.append(data), namespace="/jobs")
-    sio.connect(server.url, namespaces=["/jobs"], auth={"token": API_KEY}, transports=transports, wait_timeout=10)
-    try:
+    with job_events(server.url, transports=transports) as events:
         job_id = post(server, {"kind": "steps", "seconds": 0.01}).json()["job_id"]
         wait_for(lambda: any(e["id"] == job_id and e["status"] == "succeeded" for e in events))
-    finally:
-        sio.disconnect()
     mine = [e for e in events if e["id"] == job_id]
     statuses = [e["status"] for e in mine]
     assert statuses[0] == "queued" and statuses[-1] == "succeeded" and "running" in statuses

@@ -11,12 +11,11 @@ import threading
 import numpy as np
 import pytest
 import requests
-import socketio
 from PIL import Image
 
 from services.pose.dwpose import NUM_KEYPOINTS
 from services.pose.smoke import person_rect
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, job_events
 
 H = {"Authorization": f"Bearer {API_KEY}"}
 SIDE = 320
@@ -190,16 +189,10 @@ def _vram_models(server) -> dict:
 
 
 def test_a_posed_job_reports_progress_from_the_pose_reading_on(server, wait_for):
-    events = []
-    sio = socketio.Client()
-    sio.on("job", lambda data: events.append(data), namespace="/jobs")
-    sio.connect(server.url, namespaces=["/jobs"], auth={"token": API_KEY}, transports=["polling"], wait_timeout=10)
-    try:
+    with job_events(server.url, transports=["polling"]) as events:
         r = generate(server, {"pose_reference": b64(person_photo()), "seed": 77, "response_format": "url"})
         job_id = r.json()["job_id"]
         wait_for(lambda: any(e["id"] == job_id and e["status"] == "succeeded" for e in events), timeout=60)
-    finally:
-        sio.disconnect()
     running = [e for e in events if e["id"] == job_id and e["status"] == "running" and e["message"] != "running"]
     messages = [e["message"] for e in running]
     assert messages[0] == "reading the pose from pose_reference"
