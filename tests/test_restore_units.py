@@ -42,6 +42,10 @@ def test_fidelity_is_between_0_and_1():
             params.check_fidelity(bad, param="restore_fidelity")
         assert e.value.param == "restore_fidelity" and e.value.code == "invalid_fidelity"
         assert e.value.message.startswith("restore_fidelity must be between 0 (the restored face) and 1")
+    with pytest.raises(InvalidInput) as e:  # /restore-faces names its own field "fidelity"
+        params.check_fidelity(2)
+    assert e.value.param == "fidelity"
+    assert e.value.message == "fidelity must be between 0 (the restored face) and 1 (the original), not 2"
 
 
 def test_output_size_limit():
