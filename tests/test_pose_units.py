@@ -83,3 +83,85 @@ def test_the_openpose_body_reorders_coco_and_adds_the_neck():
     assert sc[1] == pytest.approx(0.9)
     scores[6] = 0.2  # one shoulder unseen: no neck
     assert dwpose.openpose_body(kps, scores)[1][1] == 0
+
+
+def test_detector_input_fits_a_non_square_input_and_keeps_a_thin_strip():
+    img = np.full((100, 400, 3), 255, np.uint8)
+    tensor, ratio = dwpose.detector_input(img, size=(480, 640))  # (height, width)
+    assert tensor.shape == (1, 3, 480, 640) and ratio == pytest.approx(1.6)
+    assert (tensor[0, :, :160, :] == 255).all() and (tensor[0, :, 160:, :] == 114).all()
+    strip, _ = dwpose.detector_input(np.full((1, 1000, 3), 255, np.uint8))  # 0.64 rows: still one
+    assert (strip[0, :, 0, :] == 255).all() and (strip[0, :, 1:, :] == 114).all()
+
+
+def test_one_person_alone_is_found_and_a_score_of_exactly_0_3_is_not_enough():
+    out = detector_output((coarse_row(5, 7), (128, 256), 1.0, 0, 0.9))
+    boxes = dwpose.person_boxes(out, ratio=1.0)
+    np.testing.assert_allclose(boxes, [[176 - 64, 240 - 128, 176 + 64, 240 + 128, 0.9]], rtol=1e-6)
+    unsure = detector_output((coarse_row(5, 7), (128, 256), 1.0, 0, 0.3))
+    assert dwpose.person_boxes(unsure, ratio=1.0).shape == (0, 5)
+    wild = detector_output((coarse_row(5, 7), (128, 256), 1.0, 0, 0.9))
+    wild[0, coarse_row(5, 7), 2:4] = 1000  # a wild size logit: a huge box, not an overflow
+    assert np.isfinite(dwpose.person_boxes(wild, ratio=1.0)).all()
+
+
+def test_people_overlapping_under_the_nms_threshold_are_both_kept():
+    # Two 128x256 people, centres 2 cells (64 px) apart: IoU 64/192 = 0.33 < 0.45, both kept;
+    # one cell (32 px) apart: IoU 96/160 = 0.6, merged into the stronger.
+    apart = detector_output((coarse_row(5, 7), (128, 256), 1.0, 0, 0.9),
+                            (coarse_row(7, 7), (128, 256), 1.0, 0, 0.8))
+    assert dwpose.person_boxes(apart, ratio=1.0).shape == (2, 5)
+    close = detector_output((coarse_row(5, 7), (128, 256), 1.0, 0, 0.8),
+                            (coarse_row(6, 7), (128, 256), 1.0, 0, 0.9))
+    boxes = dwpose.person_boxes(close, ratio=1.0)
+    assert boxes.shape == (1, 5) and boxes[0, 4] == pytest.approx(0.9) and boxes[0, 0] == pytest.approx(144)
+
+
+def test_person_boxes_on_a_non_square_input():
+    size = (320, 640)  # (height, width): 40x80, 20x40 and 10x20 anchors
+    n = 40 * 80 + 20 * 40 + 10 * 20
+    out = np.zeros((1, n, 85), np.float32)
+    row = 40 * 80 + 20 * 40 + 3 * 20 + 15  # stride 32, cell (15, 3)
+    out[0, row, :4] = [0.5, 0.5, np.log(2), np.log(4)]
+    out[0, row, 4], out[0, row, 5] = 1.0, 0.9
+    boxes = dwpose.person_boxes(out, ratio=1.0, size=size)
+    np.testing.assert_allclose(boxes[0, :4], [496 - 32, 112 - 64, 496 + 32, 112 + 64], rtol=1e-6)
+    with pytest.raises(ValueError, match="the detector gave 8400 anchors; a 640x320 YOLOX input has 4200"):
+        dwpose.person_boxes(np.zeros((1, N_ANCHORS, 85), np.float32), ratio=1.0, size=size)
+
+
+def test_pose_input_is_the_padded_box_warped_to_the_model_size_and_normalised():
+    yy, xx = np.mgrid[0:240, 0:240]
+    rgb = np.stack([xx, yy, np.full_like(xx, 100)], axis=2).astype(np.uint8)  # red = x, green = y
+    data, centre, scale = dwpose.pose_input(rgb, np.array([60, 40, 120, 200]), (48, 64))
+    assert data.shape == (1, 3, 64, 48) and data.dtype == np.float32
+    np.testing.assert_allclose(centre, [90, 120])
+    np.testing.assert_allclose(scale, [150, 200])  # 1.25 x 160 high, 3:4
+    pixels = data[0].transpose(1, 2, 0) * dwpose.STD + dwpose.MEAN
+    np.testing.assert_allclose(pixels[..., 2], 100, atol=1e-3)
+    np.testing.assert_allclose(pixels[0, 0, :2], [15, 20], atol=1)  # the crop's top-left: centre - scale / 2
+    np.testing.assert_allclose(pixels[32, 24, :2], [90, 120], atol=1)  # its middle: the box's centre
+    np.testing.assert_allclose(pixels[32, 36, :2], [90 + 12 * 150 / 48, 120], atol=1)
+
+
+def test_a_keypoint_with_no_evidence_at_all_is_off_the_image():
+    sx, sy = np.zeros((1, 2, 576), np.float32), np.zeros((1, 2, 768), np.float32)
+    sx[0, 1, 10], sy[0, 1, 20] = 0.5, 0.5
+    kps, scores = dwpose.decode_simcc(sx, sy, (288, 384), np.array([0, 0], np.float32),
+                                      np.array([288, 384], np.float32))
+    assert (kps[0] == -1).all() and scores[0] == 0  # every bin 0
+    np.testing.assert_allclose(kps[1], [5 - 144, 10 - 192])
+
+
+def test_the_neck_takes_the_weaker_shoulder_and_needs_both_above_0_3():
+    kps = np.zeros((133, 2), np.float32)
+    scores = np.full(133, 0.9, np.float32)
+    scores[5], scores[6] = 0.8, 0.6
+    pts, sc = dwpose.openpose_body(kps, scores)
+    assert sc.shape == (18,) and sc[1] == pytest.approx(0.6)
+    scores[5], scores[6] = 0.6, 0.8
+    assert dwpose.openpose_body(kps, scores)[1][1] == pytest.approx(0.6)
+    scores[6] = 0.3  # exactly at the threshold: not seen
+    assert dwpose.openpose_body(kps, scores)[1][1] == 0
+    scores[5], scores[6] = 0.3, 0.8
+    assert dwpose.openpose_body(kps, scores)[1][1] == 0
