@@ -249,3 +249,66 @@ def test_the_service_takes_the_model_per_tile_and_holds_none_between_tiles(upsca
     assert out.shape == (32, 48, 3) and held == [0] * 6
     loads = next(m for m in vram.snapshot()["models"] if m["name"] == "realesrgan-x2plus")["loads"]
     assert loads == 1  # loaded once, then resident for every tile
+
+
+def test_a_restorer_that_changes_nothing_leaves_the_picture_bit_for_bit():
+    """A face already at the template's place and size: the crop is the picture's own pixels, and
+    the paste puts back exactly what it is given, rounded, not shifted."""
+    img = noise(560, 600, seed=4)
+    crop, matrix = faces.align(img, faces.TEMPLATE_512)
+    assert np.array_equal(crop, img[:512, :512])
+    assert np.array_equal(faces.restore(lambda c: c.copy(), img.copy(), [faces.TEMPLATE_512], fidelity=0.0), img)
+    half = faces.restore(lambda c: np.full_like(c, 255), img.copy(), [faces.TEMPLATE_512], fidelity=0.5)
+    expected = np.floor((img[256, 256].astype(float) + 255) / 2 + 0.5)
+    assert np.array_equal(half[256, 256], expected)  # the blend is rounded, not truncated or shifted
+    assert np.array_equal(half[:, 512:], img[:, 512:]) and np.array_equal(half[512:], img[512:])
+
+
+def test_a_face_off_the_picture_or_past_its_edge():
+    out_of_sight = np.array([[1, 0, 512], [0, 1, 0]], float)  # the crop lies left of the picture
+    assert faces.footprint(out_of_sight, 100, 100) is None
+    img = noise(100, 100, seed=5)
+    assert np.array_equal(faces.paste(img.copy(), np.zeros((512, 512, 3), np.uint8), out_of_sight), img)
+    crop, _ = faces.align(img, LANDMARKS - 60)  # the face's box starts above and left of the picture
+    assert crop[0, 0].tolist() == list(faces.BORDER)  # outside the picture: the neutral gray
+    assert faces.footprint(faces.align(img, LANDMARKS - 60)[1], 100, 100)[:2] == (0, 0)
+
+
+def test_a_tilted_face_changes_only_its_rotated_square():
+    angle = np.deg2rad(30)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    points = (faces.TEMPLATE_512 - 256) @ rot.T * 0.25 + (100, 100)
+    img = noise(200, 200, seed=7)
+    out = faces.paste(img.copy(), np.full((512, 512, 3), 255, np.uint8), faces.align(img, points)[1])
+    changed = np.any(out != img, axis=2)
+    x0, y0, x1, y1 = faces.footprint(faces.align(img, points)[1], 200, 200)
+    assert changed.any() and not changed[y0:y1, x0:x1][:3, :3].any()  # the box's corner is off the square
+
+
+def test_feather_mask_fades_across_the_margin():
+    mask = faces.feather_mask()
+    assert mask[256, 31] < 0.5 < mask[256, 32]  # the fade centred on the 32-pixel margin
+    assert 0.15 < mask[256, 24] < 0.2  # ~8 pixels wide each way
+    assert faces.feather_mask() is mask  # made once
+
+
+def test_run_model_gives_the_model_rgb_in_0_1_and_returns_bgr():
+    import torch
+
+    class Model:
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def __init__(self, answer):
+            self.answer, self.seen = answer, None
+
+        def __call__(self, x):
+            self.seen = x.clone()
+            return self.answer(x)
+
+    crop = noise(512, 512, seed=8)
+    same = Model(lambda x: x)
+    assert np.array_equal(faces.run_model(same, crop), crop)
+    assert same.seen.shape == (1, 3, 512, 512) and float(same.seen.max()) <= 1.0
+    assert torch.allclose(same.seen[0, 0], torch.from_numpy(crop[..., 2]).float() / 255)  # red first
+    red = faces.run_model(Model(lambda x: torch.stack([x[:, 0] * 0 + 2, x[:, 1] * 0 - 1, x[:, 2] * 0], 1)), crop)
+    assert (red == [0, 0, 255]).all()  # out of range clamped, BGR back
