@@ -113,6 +113,8 @@ def test_blinks_start_within_1_to_2_5_s_then_every_2_5_to_5_s_with_the_same_shap
         for s in starts[:-1]:
             np.testing.assert_allclose(eyes[s:s + 5], [0.5, 0, 0, 0.4, 0.8])
         assert np.array_equal(eyes, speech.blink_curve(25 * 30, 25, seed=seed))  # the seed decides
+    assert speech.blink_curve(300).dtype == np.float32
+    assert np.array_equal(speech.blink_curve(300), speech.blink_curve(300, 25, seed=0))  # no seed: seed 0
     assert 25 <= min(firsts) < 30 and 57 < max(firsts) < 63  # 1.0 - 2.5 s
     assert 62 <= min(gaps) < 68 and 118 < max(gaps) <= 125  # 2.5 - 5 s
     cut = speech.blink_curve(27, 25, seed=0)
