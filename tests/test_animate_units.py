@@ -149,6 +149,21 @@ def test_the_crop_is_raised_along_the_faces_own_up_and_sized_by_its_longer_side(
     np.testing.assert_allclose(dot.matrix[:, :2], np.eye(2) * 10, atol=1e-9)
 
 
+def test_a_tilted_crops_box_bounds_its_rotated_square():
+    c = crop.face_crop([300, 300, 400, 400], [[330, 330], [370, 370]], size=100, crop_scale=2.0)  # 45 degrees
+    half = 200 / np.sqrt(2)  # a 200-pixel square on its corner
+    up = np.array([1, -1]) / np.sqrt(2)  # the face's up, across the eye line
+    cx, cy = np.array([350, 350]) + 0.125 * 200 * up
+    assert c.box(1000, 1000) == [int(np.floor(cx - half)), int(np.floor(cy - half)),
+                                 int(np.ceil(cx + half)), int(np.ceil(cy + half))]
+
+
+def test_a_detector_box_with_its_score_gives_the_same_crop():
+    plain = crop.face_crop([100, 100, 200, 160], [[130, 120], [170, 120]], size=64)
+    scored = crop.face_crop(np.array([100, 100, 200, 160, 0.98]), [[130, 120], [170, 120]], size=64)
+    np.testing.assert_allclose(scored.matrix, plain.matrix)
+
+
 def test_the_crop_box_is_clipped_to_the_image():
     c = crop.face_crop([0, 0, 40, 40], [[10, 15], [30, 15]], size=64, crop_scale=2.0)
     assert c.box(400, 300) == [0, 0, 60, 50]  # centre (20, 10), side 80: (-20, -30) to (60, 50)
@@ -181,10 +196,11 @@ def test_feather_mask_fades_over_12_percent_of_the_side_with_a_smooth_ramp():
 def test_paste_back_blends_through_the_feather_into_the_rendered_colour():
     image = np.full((200, 300, 3), 200, np.uint8)
     c = crop.face_crop([120, 70, 170, 120], [[130, 90], [160, 90]], size=64, crop_scale=2.0)
-    out = crop.paste_back(image, np.zeros((64, 64, 3), np.uint8), c)
+    out = crop.paste_back(image, np.full((64, 64, 3), 50, np.uint8), c)
+    assert out.dtype == np.uint8 and out.shape == image.shape
     x1, y1, x2, y2 = c.box(300, 200)
     cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
-    assert (out[cy - 10:cy + 10, cx - 10:cx + 10] == 0).all()
-    row = out[cy, x1:cx, 0].astype(int)  # from the crop's left edge to its middle: 200 fading to 0
-    assert row[0] == 200 and row[-1] == 0 and (np.diff(row) <= 0).all() and ((row > 0) & (row < 200)).sum() >= 5
+    assert (out[cy - 10:cy + 10, cx - 10:cx + 10] == 50).all()
+    row = out[cy, x1:cx, 0].astype(int)  # from the crop's left edge to its middle: 200 fading to 50
+    assert row[0] == 200 and row[-1] == 50 and (np.diff(row) <= 0).all() and ((row > 50) & (row < 200)).sum() >= 5
     assert image.min() == 200  # the input is not changed
