@@ -92,6 +92,12 @@ def test_detector_input_fits_a_non_square_input_and_keeps_a_thin_strip():
     assert (tensor[0, :, :160, :] == 255).all() and (tensor[0, :, 160:, :] == 114).all()
     strip, _ = dwpose.detector_input(np.full((1, 1000, 3), 255, np.uint8))  # 0.64 rows: still one
     assert (strip[0, :, 0, :] == 255).all() and (strip[0, :, 1:, :] == 114).all()
+    tall = np.full((400, 100, 3), 255, np.uint8)
+    tensor, ratio = dwpose.detector_input(tall, size=(480, 640))  # the height sets the scale
+    assert ratio == pytest.approx(1.2)
+    assert (tensor[0, :, :, :120] == 255).all() and (tensor[0, :, :, 120:] == 114).all()
+    strip, _ = dwpose.detector_input(np.full((1000, 1, 3), 255, np.uint8))  # 0.64 columns: still one
+    assert (strip[0, :, :, 0] == 255).all() and (strip[0, :, :, 1:] == 114).all()
 
 
 def test_one_person_alone_is_found_and_a_score_of_exactly_0_3_is_not_enough():
@@ -133,15 +139,17 @@ def test_person_boxes_on_a_non_square_input():
 def test_pose_input_is_the_padded_box_warped_to_the_model_size_and_normalised():
     yy, xx = np.mgrid[0:240, 0:240]
     rgb = np.stack([xx, yy, np.full_like(xx, 100)], axis=2).astype(np.uint8)  # red = x, green = y
-    data, centre, scale = dwpose.pose_input(rgb, np.array([60, 40, 120, 200]), (48, 64))
+    box = np.array([60, 40, 120, 200, 0.9], np.float32)  # a row of person_boxes: the box and its score
+    data, centre, scale = dwpose.pose_input(rgb, box, (48, 64))
     assert data.shape == (1, 3, 64, 48) and data.dtype == np.float32
     np.testing.assert_allclose(centre, [90, 120])
     np.testing.assert_allclose(scale, [150, 200])  # 1.25 x 160 high, 3:4
     pixels = data[0].transpose(1, 2, 0) * dwpose.STD + dwpose.MEAN
     np.testing.assert_allclose(pixels[..., 2], 100, atol=1e-3)
-    np.testing.assert_allclose(pixels[0, 0, :2], [15, 20], atol=1)  # the crop's top-left: centre - scale / 2
-    np.testing.assert_allclose(pixels[32, 24, :2], [90, 120], atol=1)  # its middle: the box's centre
-    np.testing.assert_allclose(pixels[32, 36, :2], [90 + 12 * 150 / 48, 120], atol=1)
+    np.testing.assert_allclose(pixels[0, 0, :2], [15, 20], atol=0.6)  # the crop's top-left: centre - scale / 2
+    np.testing.assert_allclose(pixels[32, 24, :2], [90, 120], atol=0.6)  # its middle: the box's centre
+    np.testing.assert_allclose(pixels[0, 24, :2], [90, 20], atol=0.6)  # the top's middle: upright, no shear
+    np.testing.assert_allclose(pixels[63, 47, :2], [15 + 47 * 150 / 48, 20 + 63 * 200 / 64], atol=0.6)
 
 
 def test_a_keypoint_with_no_evidence_at_all_is_off_the_image():
