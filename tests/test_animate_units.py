@@ -204,3 +204,4 @@ def test_paste_back_blends_through_the_feather_into_the_rendered_colour():
     row = out[cy, x1:cx, 0].astype(int)  # from the crop's left edge to its middle: 200 fading to 50
     assert row[0] == 200 and row[-1] == 50 and (np.diff(row) <= 0).all() and ((row > 50) & (row < 200)).sum() >= 5
     assert image.min() == 200  # the input is not changed
+    assert (crop.paste_back(image, np.zeros((64, 64, 3), np.uint8), c)[cy, cx] == 0).all()  # black stays black
