@@ -47,7 +47,7 @@ MODULES: dict[str, list[str]] = {
     # test_animate*.py reach them too, through the tiny LivePortrait over HTTP: minutes per mutant
     "services/animate/speech.py": ["tests/test_animate_units.py"],
     "services/animate/crop.py": ["tests/test_animate_units.py"],
-    # test_restore.py reaches them too, through HTTP and the tiny models: slower per mutant
+    # test_restore_models.py and test_restore.py reach them too, on the tiny models (and HTTP): seconds per mutant
     "services/restore/params.py": ["tests/test_restore_units.py"],
     "services/restore/tiles.py": ["tests/test_restore_units.py"],
     "services/restore/faces.py": ["tests/test_restore_units.py"],

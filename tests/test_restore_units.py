@@ -1,5 +1,7 @@
-"""The restore family's pieces without a server: request checks, the tile plan and tiled runs, face
-alignment and paste-back, on the tiny Real-ESRGAN checkpoints (real .pth layout)."""
+"""The restore family's pieces without a server or a model: request checks, the tile plan and tiled
+runs (on a stand-in upscaler with a known reach), face alignment, blending and paste-back. The same
+on the tiny model checkpoints is in test_restore_models.py; these are the fast ones mutation testing
+runs for services/restore/{params,tiles,faces}.py."""
 import math
 
 import numpy as np
@@ -7,17 +9,6 @@ import pytest
 
 from services.errors import Cancelled, InvalidInput, TooLarge
 from services.restore import faces, params, tiles
-from services.restore import models as restore_models
-
-
-@pytest.fixture(scope="module")
-def upscalers(tmp_path_factory):
-    from services.restore.smoke import build_upscalers
-
-    root = tmp_path_factory.mktemp("restore-units")
-    build_upscalers(root)
-    return {key: restore_models.load(root / key / restore_models.FILES[key], key, device="cpu", dtype="float32")
-            for key in restore_models.UPSCALERS.values()}
 
 
 def noise(width, height, seed=0):
@@ -87,41 +78,70 @@ def test_auto_tile_follows_free_memory():
     assert tiles.bytes_per_pixel(4, 2) == 2 * (4 * 64 * 16 + 3 * 192)
 
 
-@pytest.mark.parametrize("key,scale", [("realesrgan-x4plus", 4), ("realesrgan-x2plus", 2)])
-def test_tiled_equals_untiled_and_no_overlap_shows_seams(upscalers, key, scale):
-    loaded = upscalers[key]
+def blur_up(scale, reach):
+    """A stand-in upscaler whose output pixel depends on the input within `reach` pixels (a box mean,
+    the border repeated), then repeated `scale` times: tiled with an overlap of at least `reach` it
+    must equal the untiled run exactly, and show seams without."""
+    def run(crop):
+        k = 2 * reach + 1
+        padded = np.pad(crop.astype(np.float64), ((reach, reach), (reach, reach), (0, 0)), mode="edge")
+        h, w = crop.shape[:2]
+        mean = sum(padded[dy:dy + h, dx:dx + w] for dy in range(k) for dx in range(k)) / (k * k)
+        return np.repeat(np.repeat(np.rint(mean).astype(np.uint8), scale, axis=0), scale, axis=1)
+    return run
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_tiled_equals_untiled_and_no_overlap_shows_seams(scale):
     img = noise(44, 30, seed=6)
-
-    def run(tile, overlap):
-        return tiles.upscale(lambda crop: tiles.run_model(loaded.model, crop), img, scale=scale, tile=tile,
-                             overlap=overlap, multiple=restore_models.tile_multiple(loaded))
-
-    whole = run(1024, 0)
+    run = blur_up(scale, reach=2)
+    whole = tiles.upscale(run, img, scale=scale, tile=1024, overlap=0, multiple=4)
     assert whole.shape == (30 * scale, 44 * scale, 3) and whole.dtype == np.uint8
-    assert np.array_equal(whole, run(16, 32))
-    assert np.array_equal(whole, run(16, 30))  # an overlap off the grid is rounded up to it
-    assert not np.array_equal(whole, run(16, 0))
+    assert np.array_equal(whole, run(img))
+    assert np.array_equal(whole, tiles.upscale(run, img, scale=scale, tile=8, overlap=4, multiple=4))
+    # an overlap of 1 (under the reach) is rounded up to the 4-pixel grid, which covers it
+    assert np.array_equal(whole, tiles.upscale(run, img, scale=scale, tile=8, overlap=1, multiple=4))
+    assert not np.array_equal(whole, tiles.upscale(run, img, scale=scale, tile=8, overlap=0, multiple=4))
 
 
-def test_run_model_is_the_descriptor_on_0_1_pixels(upscalers):
+def test_each_tile_runs_with_its_overlap_clamped_at_the_border():
+    ran = []
+
+    def run(crop):
+        ran.append(crop.shape[:2])
+        return blur_up(2, 0)(crop)
+
+    tiles.upscale(run, noise(24, 20), scale=2, tile=8, overlap=3, multiple=4)  # overlap 3 -> 4
+    assert ran == [(12, 12), (12, 16), (12, 12), (16, 12), (16, 16), (16, 12), (8, 12), (8, 16), (8, 12)]
+
+
+def test_run_model_feeds_the_descriptor_0_1_pixels_on_its_dtype_and_rounds_back():
     import torch
 
-    model = upscalers["realesrgan-x4plus"].model
+    class Descriptor:  # spandrel's: takes (1, 3, h, w) on its device and dtype, answers x2 in [0, 1]
+        device, dtype = torch.device("cpu"), torch.float64
+
+        def __call__(self, x):
+            self.seen = x.clone()
+            return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+
+    model = Descriptor()
     crop = noise(12, 8, seed=9)
     out = tiles.run_model(model, crop)
-    assert out.dtype == np.uint8 and out.shape == (32, 48, 3)
-    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
-    expected = (model(x)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    assert np.array_equal(out, expected)
+    assert out.dtype == np.uint8 and out.shape == (16, 24, 3)
+    assert np.array_equal(out, np.repeat(np.repeat(crop, 2, axis=0), 2, axis=1))  # channel order kept
+    assert model.seen.dtype == torch.float64 and model.seen.shape == (1, 3, 8, 12)
+    assert torch.allclose(model.seen[0, 0], torch.from_numpy(crop[..., 0]).double() / 255)
+    model.__class__.__call__ = lambda self, x: torch.full((1, 3, 2, 2), 0.6 / 255, dtype=x.dtype)
+    assert (tiles.run_model(model, crop[:1, :1]) == 1).all()  # rounded, not truncated
 
 
-def test_progress_per_tile_and_cancel_between_tiles(upscalers):
-    model = upscalers["realesrgan-x4plus"].model
+def test_progress_per_tile_and_cancel_between_tiles():
     ran = []
 
     def run(crop):
         ran.append(crop.shape)
-        return tiles.run_model(model, crop)
+        return blur_up(4, 1)(crop)
 
     seen = []
     tiles.upscale(run, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4,
@@ -139,24 +159,6 @@ def test_progress_per_tile_and_cancel_between_tiles(upscalers):
     with pytest.raises(Cancelled):
         tiles.upscale(run, noise(24, 16), scale=4, tile=8, overlap=8, multiple=4, progress=cancel)
     assert calls == [1, 2] and len(ran) == 6 + 2  # no tile ran after the cancel
-
-
-def test_loaded_models_say_what_they_are(upscalers):
-    x4, x2 = upscalers["realesrgan-x4plus"], upscalers["realesrgan-x2plus"]
-    assert (x4.scale, x4.multiple_of, x4.dtype) == (4, 1, "float32")
-    assert (x2.scale, x2.multiple_of) == (2, 4)  # pixel-unshuffle: sizes on a 4-pixel grid
-    assert restore_models.tile_multiple(x4) == restore_models.tile_multiple(x2) == 4
-
-
-def test_a_file_of_another_kind_is_refused(tmp_path, upscalers):
-    import torch
-
-    from services.errors import ModelUnavailable
-
-    junk = tmp_path / "junk.pth"
-    torch.save({"params_ema": {"some.weight": torch.zeros(2)}}, junk)
-    with pytest.raises(ModelUnavailable, match="neither a Real-ESRGAN nor a GFPGAN"):
-        restore_models.load(junk, "realesrgan-x4plus", device="cpu", dtype="float32")
 
 
 # --------------------------------------------------------------------------- faces
@@ -212,43 +214,6 @@ def test_restore_blends_by_fidelity_and_keeps_the_original_at_1():
     assert (full[cy, cx] == 255).all()
     expected = (img[cy, cx].astype(float) + 255) / 2
     assert np.abs(half[cy, cx] - expected).max() <= 3  # interpolation of the round trip
-
-
-def test_restore_reports_each_face_and_runs_the_model_on_the_aligned_crop(tmp_path):
-    from services.restore.smoke import build_gfpgan
-
-    build_gfpgan(tmp_path / "g.pth")
-    gfpgan = restore_models.load(tmp_path / "g.pth", "gfpgan-v1.4", device="cpu", dtype="float16")
-    assert gfpgan.dtype == "float32"  # GFPGAN has no fp16 mode: fp32 whatever the policy says
-    seen = []
-    img = noise(200, 160)
-    out = faces.restore(lambda crop: faces.run_model(gfpgan.model, crop), img.copy(), [LANDMARKS, LANDMARKS + 5],
-                        fidelity=0.0, progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(1, 2), (2, 2)] and out.shape == img.shape and not np.array_equal(out, img)
-
-
-def test_the_service_takes_the_model_per_tile_and_holds_none_between_tiles(upscalers, tmp_path):
-    """What lets a batch upscale pause between tiles without pinning Real-ESRGAN on the GPU."""
-    from services.model_env import ModelEnv
-    from services.restore.service import RestoreConfig, RestoreService
-    from services.restore.smoke import build_upscalers
-    from services.vram import VramOffloader
-
-    build_upscalers(tmp_path)
-    vram = VramOffloader(device="cpu", budget_bytes=15 * 1024 ** 3)
-    env = ModelEnv(models_dir=tmp_path, profile="smoke", device="cpu", dtype="float32", vram=vram, data_dir=tmp_path)
-    service = RestoreService(env, RestoreConfig(tile=8), face=None)
-    service.register()
-    held = []
-
-    def progress(done, total):
-        model = next(m for m in vram.snapshot()["models"] if m["name"] == "realesrgan-x2plus")
-        held.append(model["in_use"])
-
-    out = service.upscale_array("realesrgan-x2plus", noise(24, 16), progress=progress)
-    assert out.shape == (32, 48, 3) and held == [0] * 6
-    loads = next(m for m in vram.snapshot()["models"] if m["name"] == "realesrgan-x2plus")["loads"]
-    assert loads == 1  # loaded once, then resident for every tile
 
 
 def test_a_restorer_that_changes_nothing_leaves_the_picture_bit_for_bit():
