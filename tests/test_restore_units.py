@@ -135,6 +135,17 @@ def test_run_model_feeds_the_descriptor_0_1_pixels_on_its_dtype_and_rounds_back(
     model.__class__.__call__ = lambda self, x: torch.full((1, 3, 2, 2), 0.6 / 255, dtype=x.dtype)
     assert (tiles.run_model(model, crop[:1, :1]) == 1).all()  # rounded, not truncated
 
+    class OnDevice:  # a descriptor on another device (the GPU on Colab; "meta" here): the tile goes there
+        device, dtype = torch.device("meta"), torch.float16
+
+        def __call__(self, x):
+            self.seen = (x.device, x.dtype)
+            return torch.zeros((1, 3, 2, 2))
+
+    on_device = OnDevice()
+    tiles.run_model(on_device, crop[:1, :1])
+    assert on_device.seen == (torch.device("meta"), torch.float16)
+
 
 def test_progress_per_tile_and_cancel_between_tiles():
     ran = []
