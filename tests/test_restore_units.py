@@ -240,9 +240,29 @@ def test_a_restorer_that_changes_nothing_leaves_the_picture_bit_for_bit():
     assert np.array_equal(half[:, 512:], img[:, 512:]) and np.array_equal(half[512:], img[512:])
 
 
+def test_restore_reports_each_face_and_runs_the_model_only_below_fidelity_1():
+    img = noise(200, 160, seed=10)
+    ran, seen = [], []
+
+    def white(crop):
+        ran.append(crop.shape)
+        return np.full_like(crop, 255)
+
+    out = faces.restore(white, img.copy(), [LANDMARKS, LANDMARKS + 5], fidelity=0.3,
+                        progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)] and ran == [(512, 512, 3)] * 2 and not np.array_equal(out, img)
+    ran.clear(), seen.clear()
+    kept = faces.restore(white, img.copy(), [LANDMARKS, LANDMARKS + 5], fidelity=1.0,
+                         progress=lambda done, total: seen.append((done, total)))
+    assert np.array_equal(kept, img) and ran == [] and seen == [(1, 2), (2, 2)]  # no model run for nothing
+    black = np.zeros((200, 160, 3), np.uint8)
+    assert not faces.restore(lambda c: np.zeros_like(c), black.copy(), [LANDMARKS], fidelity=0.5).any()
+
+
 def test_a_face_off_the_picture_or_past_its_edge():
     out_of_sight = np.array([[1, 0, 512], [0, 1, 0]], float)  # the crop lies left of the picture
     assert faces.footprint(out_of_sight, 100, 100) is None
+    assert faces.footprint(np.array([[1, 0, 0], [0, 1, 512]], float), 100, 100) is None  # above it
     img = noise(100, 100, seed=5)
     assert np.array_equal(faces.paste(img.copy(), np.zeros((512, 512, 3), np.uint8), out_of_sight), img)
     crop, _ = faces.align(img, LANDMARKS - 60)  # the face's box starts above and left of the picture
@@ -259,12 +279,15 @@ def test_a_tilted_face_changes_only_its_rotated_square():
     changed = np.any(out != img, axis=2)
     x0, y0, x1, y1 = faces.footprint(faces.align(img, points)[1], 200, 200)
     assert changed.any() and not changed[y0:y1, x0:x1][:3, :3].any()  # the box's corner is off the square
+    half = 128 * (np.cos(angle) + np.sin(angle)) / 2  # a 128-pixel square turned 30 degrees about (100, 100)
+    assert (x0, y0, x1, y1) == (int(100 - half), int(100 - half), int(np.ceil(100 + half)), int(np.ceil(100 + half)))
 
 
 def test_feather_mask_fades_across_the_margin():
     mask = faces.feather_mask()
     assert mask[256, 31] < 0.5 < mask[256, 32]  # the fade centred on the 32-pixel margin
     assert 0.15 < mask[256, 24] < 0.2  # ~8 pixels wide each way
+    assert mask[31, 256] < 0.5 < mask[32, 256] and 0.15 < mask[24, 256] < 0.2  # the same top to bottom
     assert faces.feather_mask() is mask  # made once
 
 

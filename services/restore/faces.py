@@ -34,9 +34,9 @@ def align(img: np.ndarray, landmarks) -> tuple[np.ndarray, np.ndarray]:
     """(the face warped to the 512 template, the 2x3 matrix image -> crop)."""
     import cv2
 
+    # A similarity fit (no shear), robust to one misplaced landmark. It only fails on landmarks that
+    # all coincide, where the plain least-squares fit fails too: a detector never gives those.
     matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), TEMPLATE_512, method=cv2.LMEDS)
-    if matrix is None:  # degenerate landmarks: a similarity fit on all five points
-        matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), TEMPLATE_512)
     crop = cv2.warpAffine(img, matrix, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=BORDER)
     return crop, matrix
