@@ -281,6 +281,11 @@ def test_a_tilted_face_changes_only_its_rotated_square():
     assert changed.any() and not changed[y0:y1, x0:x1][:3, :3].any()  # the box's corner is off the square
     half = 128 * (np.cos(angle) + np.sin(angle)) / 2  # a 128-pixel square turned 30 degrees about (100, 100)
     assert (x0, y0, x1, y1) == (int(100 - half), int(100 - half), int(np.ceil(100 + half)), int(np.ceil(100 + half)))
+    # a face 4x the template's size: one crop pixel is 4 picture pixels, so each corner counts
+    big = np.hstack([rot.T * 0.25, (np.array([256, 256]) - rot.T @ np.array([5000, 5000]) * 0.25)[:, None]])
+    half = 2048 * (np.cos(angle) + np.sin(angle)) / 2
+    assert faces.footprint(big, 10000, 10000) == (int(np.floor(5000 - half)), int(np.floor(5000 - half)),
+                                                  int(np.ceil(5000 + half)), int(np.ceil(5000 + half)))
 
 
 def test_feather_mask_fades_across_the_margin():
@@ -306,8 +311,13 @@ def test_run_model_gives_the_model_rgb_in_0_1_and_returns_bgr():
 
     crop = noise(512, 512, seed=8)
     same = Model(lambda x: x)
-    assert np.array_equal(faces.run_model(same, crop), crop)
+    back = faces.run_model(same, crop)
+    assert back.dtype == np.uint8 and np.array_equal(back, crop)
     assert same.seen.shape == (1, 3, 512, 512) and float(same.seen.max()) <= 1.0
     assert torch.allclose(same.seen[0, 0], torch.from_numpy(crop[..., 2]).float() / 255)  # red first
     red = faces.run_model(Model(lambda x: torch.stack([x[:, 0] * 0 + 2, x[:, 1] * 0 - 1, x[:, 2] * 0], 1)), crop)
     assert (red == [0, 0, 255]).all()  # out of range clamped, BGR back
+    on_gpu = Model(lambda x: torch.zeros((1, 3, 512, 512)))
+    on_gpu.device, on_gpu.dtype = torch.device("meta"), torch.float16  # the face goes to the model's device
+    faces.run_model(on_gpu, crop)
+    assert (on_gpu.seen.device, on_gpu.seen.dtype) == (torch.device("meta"), torch.float16)
