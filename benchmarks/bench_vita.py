@@ -113,7 +113,7 @@ def bench_sessions(counts, seconds: float) -> list[tuple]:
 # ------------------------------------------------------------------------------ 2. Socket.IO
 
 
-def _client_proc(url, token, n, pkts, ready, go, transport):
+def _client_proc(url, token, n, pkts, ready, go, transport, client_cpu):
     from tests.vita_helpers import VitaClient
 
     clients = [VitaClient(url, token=token, transports=(transport,)) for _ in range(n)]
@@ -139,6 +139,7 @@ def _client_proc(url, token, n, pkts, ready, go, transport):
     time.sleep(0.5)
     for c in clients:
         c.close()
+    client_cpu.value = time.process_time() * 1e6 / (n * len(pkts))
 
 
 def bench_socketio(counts, seconds: float, transport: str = "websocket") -> list[tuple]:
@@ -174,8 +175,9 @@ def bench_socketio(counts, seconds: float, transport: str = "websocket") -> list
                 with server.app.extensions["enfoads"].vram.acquire(VAD_NAME):
                     pass
                 ctx = mp.get_context("spawn")
-                ready, go = ctx.Event(), ctx.Event()
-                proc = ctx.Process(target=_client_proc, args=(server.url, "bench", n, pkts, ready, go, transport))
+                ready, go, client_cpu = ctx.Event(), ctx.Event(), ctx.Value("d", float("nan"))
+                proc = ctx.Process(target=_client_proc, args=(server.url, "bench", n, pkts, ready, go, transport,
+                                                              client_cpu))
                 proc.start()
                 ready.wait(120)
                 timings.clear()
@@ -190,7 +192,8 @@ def bench_socketio(counts, seconds: float, transport: str = "websocket") -> list
                 handled = len(timings)
                 flat = [x * 1000 for x in timings]
                 rows.append((n, percentile(flat, 50), percentile(flat, 99), max(flat) if flat else float("nan"),
-                             handled / (n * len(pkts)), wall, cpu / max(1, handled) * 1e6, os.getloadavg()[0]))
+                             handled / (n * len(pkts)), wall, cpu / max(1, handled) * 1e6, client_cpu.value,
+                             os.getloadavg()[0]))
                 server.stop()
     finally:
         session_mod.Session.feed_audio = original
@@ -284,14 +287,15 @@ def main() -> None:
             print(f"{n:>8} {p50:>8.3f} {p99:>8.3f} {mx:>8.2f} {late:>8.1f} {dropped:>8} {utt:>7}  {mark}")
 
     if not args.skip_socketio:
-        print("\n2. Sessions through Socket.IO (server-side handling of each `audio` event; clients in a child process)")
+        print("\n2. Sessions through Socket.IO (server-side handling of each `audio` event; clients in a child process"
+              "\n   on the same cores: CPU per packet of the server, and of the clients)")
         print(f"{'transport':>9} {'sessions':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'handled':>8} {'wall s':>7}"
-              f" {'cpu us/pkt':>10} {'load':>5}")
+              f" {'cpu us/pkt':>10} {'clients':>8} {'load':>5}")
         for transport in args.transports.split(","):
-            for n, p50, p99, mx, handled, wall, cpu, load in bench_socketio(counts, args.seconds, transport):
+            for n, p50, p99, mx, handled, wall, cpu, client, load in bench_socketio(counts, args.seconds, transport):
                 mark = "ok" if p99 < 16 and handled >= 0.9999 else "OVER"
                 print(f"{transport:>9} {n:>8} {p50:>8.3f} {p99:>8.3f} {mx:>8.2f} {handled:>8.1%} {wall:>7.1f}"
-                      f" {cpu:>10.0f} {load:>5.1f}  {mark}", flush=True)
+                      f" {cpu:>10.0f} {client:>8.0f} {load:>5.1f}  {mark}", flush=True)
 
     if not args.skip_reply:
         from prefetch.manifest import discover_smoke_builders, SMOKE_BUILDERS
