@@ -812,3 +812,172 @@ def test_same_model_from_many_threads_loads_once():
     for t in threads:
         t.join(10)
     assert len(loads) == 1 and len(seen) == 6 and len({id(s) for s in seen}) == 1
+
+
+# --------------------------------------------------------------------------- sizes and errors, to the byte
+
+def test_format_bytes_picks_the_unit_at_its_threshold():
+    from services.vram import format_bytes
+
+    assert format_bytes(None) == "?"
+    assert [format_bytes(n) for n in (0, 100, 1023, 1024, 1536, 2047)] == \
+        ["0 B", "100 B", "1023 B", "1 KB", "2 KB", "2 KB"]
+    assert [format_bytes(n) for n in (2**20 - 1, 2**20, 3 * 2**19, 100 * 2**20)] == \
+        ["1024 KB", "1 MB", "2 MB", "100 MB"]
+    # from a tenth of a GB on, GB with one decimal (as Colab and nvidia-smi show it)
+    assert [format_bytes(n) for n in (GB / 10 - 1, GB / 10, 3 * GB // 2, 15 * GB)] == \
+        ["102 MB", "0.1 GB", "1.5 GB", "15.0 GB"]
+    assert format_bytes(-2 * GB) == "-2.0 GB" and format_bytes(-2048) == "-2 KB"
+
+
+def test_is_oom_error_by_type_and_by_message():
+    class PipelineOom(torch.cuda.OutOfMemoryError):  # a subclass keeps torch's meaning
+        pass
+
+    class OutOfMemoryError(Exception):  # another library's OOM type, named like torch's
+        pass
+
+    assert is_oom_error(PipelineOom("boom"))
+    assert is_oom_error(OutOfMemoryError("boom"))
+    assert is_oom_error(RuntimeError("cudaErrorMemoryAllocation: OUT_OF_MEMORY"))
+    assert not is_oom_error(MemoryError("out of memory"))  # host RAM: evicting from the GPU does not help
+    assert not is_oom_error(ModelsBusy("out of memory", busy=("a",)))
+    assert not is_oom_error(KeyError("OutOfMemoryError"))
+
+
+def test_offloader_settings_and_their_errors():
+    with pytest.raises(ValueError, match=r"^budget_bytes is required on a CPU device \(no memory probe\)$"):
+        VramOffloader(device="cpu")
+    for bad in (0, -GB):
+        with pytest.raises(ValueError, match="^budget_bytes must be positive$"):
+            VramOffloader(device="cpu", budget_bytes=bad)
+    for bad in ("gpu", "mps", "cpu:x", "cuda:", "CUDA"):
+        with pytest.raises(ValueError, match=r"^device must be 'cpu' or 'cuda\[:N\]', got '" + bad):
+            VramOffloader(device=bad, budget_bytes=GB)
+    tiny = VramOffloader(budget_bytes=1)  # the default device is the CPU; one byte is a budget
+    assert tiny.device == "cpu" and tiny.budget_bytes == 1 and tiny.is_cuda is False
+    gpu = VramOffloader(device="cuda:1", budget_bytes=GB, mem_probe=lambda: (GB, 2 * GB))
+    assert gpu.device == "cuda:1" and gpu.is_cuda is True
+    assert VramOffloader(device="cuda", mem_probe=lambda: (GB, 2 * GB)).budget_bytes == 2 * GB
+    off = make(10)
+    with pytest.raises(ValueError, match="estimate_bytes must be >= 0"):
+        off.register("neg", lambda d: FakeSession("neg"), runtime=Runtime.ONNX, estimate_bytes=-1)
+    off.register("free", lambda d: FakeSession("free"), runtime="onnx", estimate_bytes=0)
+    assert use(off, "free").name == "free" and off.snapshot()["peak_bytes"] == 0
+
+
+def test_a_fresh_offloader_reports_nothing_used():
+    off = make(10)
+    snap = off.snapshot()
+    assert (snap["used_bytes"], snap["peak_bytes"], snap["swaps"], snap["host_ram_used_bytes"]) == (0, 0, 0, 0)
+    assert snap["free_bytes"] == 10 * GB and snap["models"] == []
+    assert repr(off) == "VramOffloader(device='cpu', used=0 B/10.0 GB, models=0)"
+
+
+def test_too_large_errors_give_the_figures():
+    bare = ModelTooLarge("no room")
+    assert (bare.name, bare.need_bytes, bare.budget_bytes, bare.reserve_bytes, bare.free_bytes,
+            bare.evictable_bytes, bare.busy) == ("", 0, 0, 0, 0, 0, ())
+    lib = Lib()
+    off = make(10, reserve_bytes=GB)
+    reg_session(off, lib, "a", 2)
+    reg_session(off, lib, "huge", 12)
+    reg_session(off, lib, "exact", 9)
+    use(off, "a")
+    with pytest.raises(ModelTooLarge) as ei:
+        use(off, "huge")
+    err = ei.value
+    assert str(err) == ("model huge needs 12.0 GB, budget is 10.0 GB minus a 1.0 GB reserve = 9.0 GB:"
+                        " it can never fit on this device")
+    assert (err.name, err.need_bytes, err.budget_bytes, err.reserve_bytes, err.free_bytes, err.busy) == \
+        ("huge", 12 * GB, 10 * GB, GB, 7 * GB, ())
+    assert not isinstance(err, ModelsBusy)
+    use(off, "exact")  # exactly the budget minus the reserve fits (after evicting a)
+    assert states(off) == {"a": "unloaded", "huge": "unloaded", "exact": "gpu"}
+
+
+def held(off: VramOffloader, name: str):
+    """Hold ``name`` in use (as a request would) until the returned context exits."""
+    ctx = off.acquire(name)
+    ctx.__enter__()
+    return ctx
+
+
+def test_busy_and_too_large_beside_busy_models_give_the_figures():
+    free = [0.5 * GB]  # other processes hold the card: the probe says 0.5 GB free
+    off = VramOffloader(device="cpu", budget_bytes=10 * GB, reserve_bytes=GB, gc_collect=False,
+                        mem_probe=lambda: (int(free[0]), 16 * GB))
+    for n, gb in (("a", 4), ("b", 3), ("c", 6.5), ("d", 7)):
+        off.register(n, lambda d, n=n: FakeSession(n), runtime="onnx", estimate_bytes=int(gb * GB))
+    free[0] = 20 * GB
+    use(off, "b")
+    ctx = held(off, "a")
+    free[0] = 0.5 * GB
+    try:
+        with pytest.raises(ModelsBusy) as ei:
+            use(off, "c")  # -0.5 GB free + 3 idle + 4 busy = 6.5: fits once a is released
+        err = ei.value
+        assert str(err) == (
+            "model c needs 6.5 GB; 0 B free of a 9.0 GB budget (10.0 GB minus 1.0 GB reserve); the device"
+            " reports 0.5 GB free, idle models could free 3.0 GB more; busy: a (4.0 GB, in use)."
+            " Try again when they finish.")
+        assert (err.name, err.need_bytes, err.budget_bytes, err.reserve_bytes, err.free_bytes,
+                err.evictable_bytes, err.busy) == ("c", int(6.5 * GB), 10 * GB, GB, 0, 3 * GB, ("a",))
+        with pytest.raises(ModelTooLarge) as ei:
+            use(off, "d")  # 7 GB > -0.5 + 3 + 4 even when a is released
+        err = ei.value
+        assert not isinstance(err, ModelsBusy)
+        assert str(err) == (
+            "model d needs 7.0 GB; 0 B free of a 9.0 GB budget (10.0 GB minus 1.0 GB reserve); the device"
+            " reports 0.5 GB free, idle models could free 3.0 GB more; busy: a (4.0 GB, in use). Nothing was evicted.")
+        assert (err.name, err.need_bytes, err.budget_bytes, err.reserve_bytes, err.free_bytes,
+                err.evictable_bytes, err.busy) == ("d", 7 * GB, 10 * GB, GB, 0, 3 * GB, ("a",))
+        assert states(off) == {"a": "gpu", "b": "gpu", "c": "unloaded", "d": "unloaded"}
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def test_too_large_names_every_busy_model_or_none():
+    lib = Lib()
+    off = make(10)
+    for n, gb in (("a", 4), ("b", 5), ("c", 7)):
+        reg_session(off, lib, n, gb)
+    with off.acquire("a"), off.acquire("b"):
+        with pytest.raises(ModelsBusy) as ei:
+            use(off, "c")
+    assert str(ei.value) == (
+        "model c needs 7.0 GB; 1.0 GB free of a 10.0 GB budget (10.0 GB minus 0 B reserve), idle models could"
+        " free 0 B more; busy: a (4.0 GB, in use), b (5.0 GB, in use). Try again when they finish.")
+    assert ei.value.busy == ("a", "b")
+    # other processes hold the card; none of ours is busy
+    card = VramOffloader(device="cpu", budget_bytes=10 * GB, gc_collect=False, mem_probe=lambda: (2 * GB, 16 * GB))
+    reg_session(card, lib, "d", 3)
+    with pytest.raises(ModelTooLarge) as ei:
+        use(card, "d")
+    assert str(ei.value) == (
+        "model d needs 3.0 GB; 2.0 GB free of a 10.0 GB budget (10.0 GB minus 0 B reserve); the device reports"
+        " 2.0 GB free, idle models could free 0 B more; busy: none. Nothing was evicted.")
+    assert ei.value.busy == () and ei.value.free_bytes == 2 * GB
+
+
+def test_a_model_that_fits_only_by_evicting_every_idle_one():
+    lib = Lib()
+    off = make(10)
+    for n, gb in (("a", 4), ("b", 4), ("all", 10)):
+        reg_session(off, lib, n, gb)
+    use(off, "a")
+    use(off, "b")
+    use(off, "all")
+    assert states(off) == {"a": "unloaded", "b": "unloaded", "all": "gpu"}
+    assert lib.unloads == ["a", "b"]
+
+
+def test_eviction_never_goes_over_the_budget_by_a_byte():
+    lib = Lib()
+    off = make(10)
+    reg_session(off, lib, "a", 4)
+    off.register("b", lambda d: FakeSession("b"), runtime="onnx", estimate_bytes=6 * GB + 1)
+    use(off, "a")
+    use(off, "b")  # one byte more than the room left: a goes first
+    assert states(off) == {"a": "unloaded", "b": "gpu"}
+    assert off.snapshot()["peak_bytes"] == 6 * GB + 1
