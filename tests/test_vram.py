@@ -981,3 +981,137 @@ def test_eviction_never_goes_over_the_budget_by_a_byte():
     use(off, "b")  # one byte more than the room left: a goes first
     assert states(off) == {"a": "unloaded", "b": "gpu"}
     assert off.snapshot()["peak_bytes"] == 6 * GB + 1
+
+
+# --------------------------------------------------------------------------- CUDA, through a stand-in torch
+
+class FakeCuda:
+    """torch.cuda as the offloader uses it: per-device memory, synchronise, cache, current device."""
+
+    def __init__(self, memory: dict[str, list[int]], available: bool = True) -> None:
+        self.memory = memory  # device -> [free, total]
+        self.available, self.initialized = available, True
+        self.calls: list[tuple] = []
+        self.current: str | None = None
+
+    def is_available(self) -> bool:
+        return self.available
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def mem_get_info(self, device):
+        free, total = self.memory[device.name]
+        return float(free), float(total)  # torch answers ints; the offloader must not rely on it
+
+    def synchronize(self, device) -> None:
+        self.calls.append(("synchronize", device.name))
+
+    def empty_cache(self) -> None:
+        self.calls.append(("empty_cache",))
+
+    def device(self, name: str):
+        cuda = self
+
+        class Current:
+            def __enter__(self):
+                self.prev, cuda.current = cuda.current, name
+
+            def __exit__(self, *exc):
+                cuda.current = self.prev
+
+        return Current()
+
+
+class FakeDevice:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def fake_torch(monkeypatch, memory: dict[str, list[int]], available: bool = True) -> FakeCuda:
+    import sys
+    from types import SimpleNamespace
+
+    cuda = FakeCuda(memory, available)
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda, device=FakeDevice))
+    return cuda
+
+
+def reg_card(off: VramOffloader, cuda: FakeCuda, name: str, gb: float, seen: list, estimate_gb: float | None = None):
+    """A model that really takes ``gb`` of its card while loaded."""
+    def load(device: str) -> FakeSession:
+        seen.append((name, device, cuda.current))
+        cuda.memory[device][0] -= int(gb * GB)
+        session = FakeSession(name)
+        session.device = device
+        return session
+
+    def unload(session: FakeSession) -> None:
+        cuda.memory[session.device][0] += int(gb * GB)
+
+    off.register(name, load, runtime="onnx", estimate_bytes=int((gb if estimate_gb is None else estimate_gb) * GB),
+                 unload=unload)
+
+
+def test_on_cuda_the_card_gives_the_budget_and_the_footprint(monkeypatch):
+    cuda = fake_torch(monkeypatch, {"cuda:1": [14 * GB, 16 * GB]})
+    off = VramOffloader(device="cuda:1", gc_collect=False)
+    assert off.budget_bytes == 16 * GB and off.is_cuda is True
+    seen: list = []
+    reg_card(off, cuda, "w", 3, seen, estimate_gb=1)
+    use(off, "w")
+    assert seen == [("w", "cuda:1", None)]  # one device: the current CUDA device is left alone
+    assert off.size_of("w") == 3 * GB
+    assert off.device_memory() == (11 * GB, 16 * GB) and isinstance(off.device_memory()[0], int)
+    # the cache is emptied (after waiting for the device) before measuring
+    assert ("synchronize", "cuda:1") in cuda.calls and ("empty_cache",) in cuda.calls
+    snap = off.snapshot()
+    assert (snap["device_free_bytes"], snap["device_total_bytes"]) == (11 * GB, 16 * GB)
+    assert isinstance(snap["device_free_bytes"], int) and isinstance(snap["devices"][0]["device_total_bytes"], int)
+    assert snap["free_bytes"] == 11 * GB  # the card's free memory is less than budget - used (13 GB)
+
+
+def test_two_gpus_load_and_run_on_their_own_gpu(monkeypatch):
+    from services.vram import DeviceSpec
+
+    cuda = fake_torch(monkeypatch, {"cuda:0": [16 * GB, 16 * GB], "cuda:1": [16 * GB, 16 * GB]})
+    off = VramOffloader(devices=[DeviceSpec("cuda:0"), DeviceSpec("cuda:1")], gc_collect=False)
+    assert off.budget_bytes == 32 * GB and off.device == "cuda:0,cuda:1"
+    seen: list = []
+    reg_card(off, cuda, "a", 10, seen)
+    reg_card(off, cuda, "b", 10, seen)
+    use(off, "a")
+    use(off, "b")
+    assert seen == [("a", "cuda:0", "cuda:0"), ("b", "cuda:1", "cuda:1")]
+    assert off.run("b", lambda m: cuda.current) == "cuda:1"
+    with off.acquire("a"):
+        assert cuda.current == "cuda:0"
+    assert cuda.current is None
+    # freeing a model waits for its own GPU only
+    cuda.calls.clear()
+    off.unload("b")
+    assert cuda.calls == [("synchronize", "cuda:1"), ("empty_cache",)]
+    # before CUDA is initialised nothing is synchronised (that would initialise it)
+    cuda.initialized = False
+    cuda.calls.clear()
+    off.unload("a")
+    use(off, "a")
+    assert cuda.calls == []
+
+
+def test_cuda_names_without_a_usable_gpu_are_bookkeeping_only(monkeypatch):
+    from services.vram import DeviceSpec
+
+    cuda = fake_torch(monkeypatch, {}, available=False)
+    specs = [DeviceSpec(f"cuda:{i}", 8 * GB, lambda: (8 * GB, 8 * GB)) for i in (0, 1)]
+    off = VramOffloader(devices=specs, gc_collect=False)
+    seen: list = []
+    off.register("a", lambda d: seen.append((d, cuda.current)) or FakeSession("a"), runtime="onnx",
+                 estimate_bytes=GB)
+    use(off, "a")
+    assert seen == [("cuda:0", None)] and cuda.calls == []
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torch")  # no torch at all (a CTranslate2-only worker)
+    off.unload("a")
+    assert use(off, "a").name == "a" and seen[-1] == ("cuda:0", None)
