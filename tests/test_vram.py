@@ -1115,3 +1115,233 @@ def test_cuda_names_without_a_usable_gpu_are_bookkeeping_only(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch")  # no torch at all (a CTranslate2-only worker)
     off.unload("a")
     assert use(off, "a").name == "a" and seen[-1] == ("cuda:0", None)
+
+
+# --------------------------------------------------------------------------- out of memory, to the word
+
+def test_loader_oom_twice_says_what_is_busy_and_what_the_card_reports():
+    off = VramOffloader(device="cpu", budget_bytes=20 * GB, gc_collect=False, mem_probe=lambda: (6 * GB, 24 * GB))
+    lib = Lib()
+    reg_session(off, lib, "held", 2)
+    reg_session(off, lib, "idle", 2)
+    use(off, "idle")
+    reason = "CUDA out of memory. " + "x" * 300
+
+    def loader(device):
+        raise RuntimeError(reason)
+
+    off.register("big", loader, runtime=Runtime.ONNX, estimate_bytes=4 * GB)
+    with off.acquire("held"):
+        with pytest.raises(VramError) as ei:
+            use(off, "big")
+    assert str(ei.value) == (
+        "not enough GPU memory to load big (about 4.0 GB) even after evicting every idle model; busy: held;"
+        f" the device reports 6.0 GB free (RuntimeError: {reason[:200]})")
+    assert states(off) == {"held": "gpu", "idle": "unloaded", "big": "unloaded"}
+
+    alone = make(20)
+    alone.register("big", loader, runtime=Runtime.ONNX, estimate_bytes=4 * GB)
+    with pytest.raises(VramError) as ei:
+        use(alone, "big")
+    assert str(ei.value) == ("not enough GPU memory to load big (about 4.0 GB) even after evicting every idle"
+                             f" model; busy: none (RuntimeError: {reason[:200]})")
+
+
+def test_run_oom_twice_says_what_was_evicted_and_what_is_busy():
+    off = VramOffloader(device="cpu", budget_bytes=20 * GB, gc_collect=False, mem_probe=lambda: (GB, 24 * GB))
+    lib = Lib()
+    for n in ("w", "held", "idle1", "idle2"):
+        reg_session(off, lib, n, 0.5)
+    use(off, "idle1")
+    use(off, "idle2")
+
+    def fn(model):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    with off.acquire("held"):
+        with pytest.raises(VramError) as ei:
+            off.run("w", fn)
+    assert str(ei.value) == (
+        "out of GPU memory running w (model 0.5 GB), even after evicting 2 idle model(s); other models in use:"
+        " held; the device reports 1.0 GB free. Try a smaller request (resolution, batch, length).")
+    assert states(off) == {"w": "gpu", "held": "gpu", "idle1": "unloaded", "idle2": "unloaded"}
+    alone = make(20)
+    reg_session(alone, lib, "w", 2)
+    with pytest.raises(VramError) as ei:
+        alone.run("w", fn)
+    assert str(ei.value) == (
+        "out of GPU memory running w (model 2.0 GB), even after evicting 0 idle model(s); other models in use:"
+        " none. Try a smaller request (resolution, batch, length).")
+
+
+class Flaky:
+    """A torch-like model whose next ``fail`` moves raise an out-of-memory error; moves are in place
+    (``.to()`` returns None, as some wrappers do)."""
+
+    def __init__(self, lib: Lib) -> None:
+        self.lib, self.device, self.fail = lib, "cpu", 0
+
+    def to(self, device: str) -> None:
+        self.lib.moves.append(("flaky", device))
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        self.device = device
+
+
+def test_a_parked_model_that_cannot_come_back_is_parked_again():
+    lib = Lib()
+    off = make(10)
+    model = Flaky(lib)
+    off.register("t", lambda d: model, runtime="torch", estimate_bytes=4 * GB,
+                 unload=lambda obj: lib.unloads.append("t"))
+    assert use(off, "t") is model
+    off.evict("t")
+    model.fail = 2  # both tries to bring it back fail; sending it back to cpu works
+    with pytest.raises(VramError):
+        use(off, "t")
+    assert states(off) == {"t": "cpu"} and lib.unloads == []
+    assert lib.moves[-1] == ("flaky", "cpu") and len(lib.moves) == 4
+    assert use(off, "t") is model and lib.loads == []  # in-place moves: still the same object
+    assert states(off) == {"t": "gpu"}
+    off.evict("t")
+    model.fail = 3  # it cannot even go back to cpu: freed
+    with pytest.raises(VramError):
+        use(off, "t")
+    assert states(off) == {"t": "unloaded"} and lib.unloads == ["t"]
+
+
+def test_moves_that_return_a_new_object_or_none():
+    lib = Lib()
+    off = make(10)
+    copies: list = []
+
+    def copy_to(obj, device):  # like a converter that returns a new object on each move
+        new = FakeTorchModel(obj.name, lib, device)
+        copies.append(new)
+        return new
+
+    reg_torch(off, lib, "copied", 4, to_device=copy_to)
+    reg_torch(off, lib, "inplace", 4, to_device=lambda obj, device: None)
+    reg_session(off, lib, "big", 8)
+    first = use(off, "copied")
+    use(off, "big")  # parks copied
+    assert states(off)["copied"] == "cpu" and copies[-1].device == "cpu"
+    back = use(off, "copied")  # moved back: the object the last move returned
+    assert back is copies[-1] and back is not first and back.device == "cpu"
+    assert len(copies) == 2
+    model = use(off, "inplace")
+    use(off, "big")
+    assert states(off)["inplace"] == "cpu"
+    assert use(off, "inplace") is model and lib.loads.count(("inplace", "cpu")) == 1
+
+
+def test_only_torch_models_are_moved_and_only_within_the_host_budget():
+    lib = Lib()
+    off = make(10, host_ram_budget_bytes=4 * GB)
+
+    def loader(name):
+        return lambda device: FakeTorchModel(name, lib, device)
+
+    off.register("onnx", loader("onnx"), runtime="onnx", estimate_bytes=4 * GB)  # has .to(): still never moved
+    off.register("fits", loader("fits"), runtime="torch", estimate_bytes=4 * GB)  # exactly the host budget
+    use(off, "onnx")
+    off.evict("onnx")
+    use(off, "fits")
+    off.evict("fits")
+    assert states(off) == {"onnx": "unloaded", "fits": "cpu"}
+    assert lib.moves == [("fits", "cpu")]
+
+
+def test_a_model_that_cannot_be_parked_is_freed():
+    lib = Lib()
+    off = make(10)
+    model = Flaky(lib)
+    off.register("t", lambda d: model, runtime="torch", estimate_bytes=4 * GB,
+                 unload=lambda obj: lib.unloads.append("t"))
+    use(off, "t")
+    model.fail = 1
+    off.evict("t")
+    assert states(off) == {"t": "unloaded"} and lib.unloads == ["t"]
+
+
+def test_host_budget_frees_the_least_recent_parked_model_even_the_one_being_parked():
+    lib = Lib()
+    off = make(10, host_ram_budget_bytes=6 * GB)
+    reg_torch(off, lib, "old", 4)
+    reg_torch(off, lib, "newer", 4)
+    reg_session(off, lib, "big", 8)
+    use(off, "old")
+    use(off, "newer")
+    off.evict("newer")  # parked first, but used after old
+    use(off, "big")  # parks old: 8 GB parked > 6: old is the least recently used
+    assert states(off) == {"old": "unloaded", "newer": "cpu", "big": "gpu"}
+    assert lib.unloads == ["old"]
+
+
+def test_a_model_whose_loader_returns_none_is_still_freed():
+    calls = []
+    off = make(10)
+    off.register("global", lambda d: calls.append(d), runtime="onnx", estimate_bytes=GB,
+                 unload=lambda obj: calls.append("unload"))
+    assert use(off, "global") is None
+    off.unload("global")
+    assert states(off) == {"global": "unloaded"} and off.snapshot()["used_bytes"] == 0
+    assert calls == ["cpu"]  # no object: no unload hook to call
+
+
+def test_unload_all_goes_past_unloaded_and_busy_models():
+    lib = Lib()
+    off = make(10)
+    for n in ("never", "busy", "a", "b"):
+        reg_session(off, lib, n, 2)
+    use(off, "a")
+    use(off, "b")
+    with off.acquire("busy"):
+        assert off.unload_all() == ["a", "b"]
+        assert states(off) == {"never": "unloaded", "busy": "gpu", "a": "unloaded", "b": "unloaded"}
+        assert not any(m["moving"] for m in off.snapshot()["models"])
+    assert states(off)["busy"] == "unloaded"
+    assert use(off, "a").name == "a"
+
+
+def test_refusals_name_the_action_and_the_users():
+    lib = Lib()
+    off = make(10)
+    reg_session(off, lib, "t", 2)
+    with off.acquire("t"), off.acquire("t"):
+        assert off.snapshot()["models"][0]["in_use"] == 2
+        with pytest.raises(VramError, match=r"^cannot evict t: in use by 2 request\(s\)$"):
+            off.evict("t")
+        with pytest.raises(VramError, match=r"^cannot unload t: in use by 2 request\(s\)$"):
+            off.unload("t")
+    assert off.snapshot()["models"][0]["in_use"] == 0
+    off.unload("t")
+    assert not off.snapshot()["models"][0]["moving"]
+    assert use(off, "t").name == "t"
+
+
+def test_freeing_a_model_collects_its_reference_cycles():
+    import gc
+    import weakref
+
+    class Cyclic:
+        def __init__(self):
+            self.me = self
+
+    refs = []
+
+    def loader(device):
+        obj = Cyclic()
+        refs.append(weakref.ref(obj))
+        return obj
+
+    off = VramOffloader(budget_bytes=10 * GB)  # gc_collect defaults to on
+    off.register("c", loader, runtime="onnx", estimate_bytes=GB)
+    use(off, "c")
+    gc.disable()  # only the offloader's own collection may free it
+    try:
+        off.unload("c")
+        assert refs[0]() is None
+    finally:
+        gc.enable()
