@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -1345,3 +1346,47 @@ def test_freeing_a_model_collects_its_reference_cycles():
         assert refs[0]() is None
     finally:
         gc.enable()
+
+
+def test_the_log_says_what_moved_where_and_why(caplog):
+    import re
+
+    lib = Lib()
+    free = [16 * GB]
+    off = VramOffloader(device="cpu", budget_bytes=10 * GB, host_ram_budget_bytes=3 * GB, gc_collect=False,
+                        mem_probe=lambda: (free[0], 16 * GB))
+
+    def measured(device):
+        free[0] -= 3 * GB
+        return FakeSession("m")
+
+    off.register("m", measured, runtime="onnx", estimate_bytes=GB, unload=lambda o: free.__setitem__(0, free[0] + 3 * GB))
+    reg_torch(off, lib, "t", 2)
+    reg_torch(off, lib, "t2", 2)
+    reg_session(off, lib, "big", 8)
+    lin = make(1)
+    lin.register("lin", lambda d: torch.nn.Linear(100, 50), runtime="torch", estimate_bytes=2**20)
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
+    for name in ("m", "t", "t2", "big", "t"):
+        use(off, name)
+    off.unload("t")
+    off.unload_all()
+    use(lin, "lin")
+    lin.unload("lin")  # no unload hook: just dropped
+    lines = [re.sub(r" in \d+\.\d s", " in _ s", r.getMessage()) for r in caplog.records if r.name == "enfoads.vram"]
+    assert lines == [
+        "loaded m on cpu in _ s (3.0 GB measured)",
+        "loaded t on cpu in _ s (2.0 GB estimated)",
+        "loaded t2 on cpu in _ s (2.0 GB estimated)",
+        "freed m from the device (room for big)",
+        "evicted t (room for big) from cpu to cpu in _ s (2.0 GB)",
+        "loaded big on cpu in _ s (8.0 GB estimated)",
+        "evicted t2 (room for t) from cpu to cpu in _ s (2.0 GB)",
+        "freed t2 from host RAM (host RAM budget)",
+        "moved t on cpu in _ s (2.0 GB estimated)",
+        "freed t from the device (requested)",
+        "freed big from the device (unload all)",
+        "loaded lin on cpu in _ s (20 KB parameter bytes)",
+        "freed lin from the device (requested)",
+    ]
+    assert all(r.levelno == logging.INFO for r in caplog.records)  # no hook failures on the way
