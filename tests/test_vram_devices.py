@@ -380,3 +380,179 @@ def test_a_device_that_would_evict_a_pinned_model_is_avoided():
     off.pin("pinned")
     use(off, "new")  # cpu:0 would evict fewer bytes (5 GB, pinned) than cpu:1 (6 GB): the unpinned one goes
     assert where(off) == {"pinned": "cpu:0", "plain": "cpu", "new": "cpu:1"}
+
+
+# --------------------------------------------------------------------------- snapshot and errors, exactly
+
+def test_snapshot_of_two_devices_one_probed():
+    off = VramOffloader(devices=[DeviceSpec("cpu:0", 10 * GB, lambda: (9 * GB, 12 * GB)), DeviceSpec("cpu:1", 8 * GB)],
+                        reserve_bytes=GB, host_ram_budget_bytes=6 * GB, gc_collect=False)
+    log: list = []
+    off.register("a", lambda d: Torchish("a", d, log), runtime="torch", estimate_bytes=3 * GB, family="image")
+    add(off, "b", 2, log, runtime="onnx")
+    add(off, "c", 1, log)
+    add(off, "d", 1, log)
+    use(off, "a", "b", "c")  # a: 8 GB of room on cpu:0 vs 7; b: 6 vs 7; c: 6 vs 5
+    off.evict("c")
+    off.pin("a")
+    with off.acquire("b"):
+        snap = off.snapshot()
+    assert snap["devices"] == [
+        {"name": "cpu:0", "budget_bytes": 10 * GB, "used_bytes": 3 * GB, "free_bytes": 7 * GB, "peak_bytes": 4 * GB,
+         "swaps": 2, "device_free_bytes": 9 * GB, "device_total_bytes": 12 * GB, "models": ["a"]},
+        {"name": "cpu:1", "budget_bytes": 8 * GB, "used_bytes": 2 * GB, "free_bytes": 6 * GB, "peak_bytes": 2 * GB,
+         "swaps": 1, "device_free_bytes": None, "device_total_bytes": None, "models": ["b"]},
+    ]
+    top = {k: v for k, v in snap.items() if k not in ("devices", "models")}
+    assert top == {"device": "cpu:0,cpu:1", "budget_bytes": 18 * GB, "reserve_bytes": GB, "used_bytes": 5 * GB,
+                   "free_bytes": 13 * GB, "peak_bytes": 6 * GB, "host_ram_used_bytes": GB,
+                   "host_ram_budget_bytes": 6 * GB, "swaps": 3,
+                   "device_free_bytes": None, "device_total_bytes": None}  # not every device can say
+    timing = ("last_used", "load_seconds", "move_seconds")
+    models = {m["name"]: {k: v for k, v in m.items() if k not in timing} for m in snap["models"]}
+    common = {"measured": False, "moves": 0, "moving": False}
+    assert models == {
+        "a": {"name": "a", "family": "image", "runtime": "torch", "state": "gpu", "device": "cpu:0", "bytes": 3 * GB,
+              "estimate_bytes": 3 * GB, "in_use": 0, "pinned": 1, "loads": 1, **common},
+        "b": {"name": "b", "family": None, "runtime": "onnx", "state": "gpu", "device": "cpu:1", "bytes": 2 * GB,
+              "estimate_bytes": 2 * GB, "in_use": 1, "pinned": 0, "loads": 1, **common},
+        "c": {"name": "c", "family": None, "runtime": "torch", "state": "cpu", "device": None, "bytes": GB,
+              "estimate_bytes": GB, "in_use": 0, "pinned": 0, "loads": 1, **common},
+        "d": {"name": "d", "family": None, "runtime": "torch", "state": "unloaded", "device": None, "bytes": GB,
+              "estimate_bytes": GB, "in_use": 0, "pinned": 0, "loads": 0, **common},
+    }
+    by_name = {m["name"]: m for m in snap["models"]}
+    assert by_name["c"]["move_seconds"] is None and by_name["d"]["load_seconds"] is None
+    use(off, "c")
+    c = next(m for m in off.snapshot()["models"] if m["name"] == "c")
+    assert (c["moves"], c["loads"], c["device"]) == (1, 1, "cpu:0") and isinstance(c["move_seconds"], float)
+    assert off.snapshot()["swaps"] == 4
+    assert repr(off) == "VramOffloader(device='cpu:0,cpu:1', used=6.0 GB/18.0 GB, models=4)"
+
+
+def test_snapshot_totals_when_every_device_is_probed():
+    off = VramOffloader(devices=[DeviceSpec("cpu:0", 10 * GB, lambda: (9 * GB, 12 * GB)),
+                                 DeviceSpec("cpu:1", 8 * GB, lambda: (5 * GB, 6 * GB))], gc_collect=False)
+    snap = off.snapshot()
+    assert (snap["device_free_bytes"], snap["device_total_bytes"]) == (14 * GB, 18 * GB)
+    assert [d["free_bytes"] for d in snap["devices"]] == [9 * GB, 5 * GB] and snap["free_bytes"] == 14 * GB
+    assert off.device_memory("cpu:1") == (5 * GB, 6 * GB) and off.device_memory() == (9 * GB, 12 * GB)
+    with pytest.raises(ValueError, match=r"^unknown device 'cuda:3'; the offloader has cpu:0, cpu:1$"):
+        off.device_memory("cuda:3")
+    assert two().device_memory("cpu:1") is None
+
+
+def test_a_failing_probe_is_reported_as_unknown():
+    def broken():
+        raise RuntimeError("driver gone")
+
+    off = VramOffloader(devices=[DeviceSpec("cpu:0", 10 * GB, broken), DeviceSpec("cpu:1", 8 * GB)], gc_collect=False)
+    add(off, "a", 2)
+    use(off, "a")  # placement goes on without the probe
+    assert off.device_memory("cpu:0") is None
+    snap = off.snapshot()
+    assert snap["devices"][0]["device_free_bytes"] is None and snap["devices"][0]["free_bytes"] == 8 * GB
+
+
+def test_no_device_error_gives_the_waiting_device_s_figures():
+    off = two(budgets=(4, 6))
+    add(off, "a", 5)
+    add(off, "c", 5)
+    use(off, "a")  # only cpu:1 can take it
+    with off.acquire("a"):
+        with pytest.raises(ModelsBusy) as info:
+            use(off, "c")
+    err = info.value
+    assert str(err) == (
+        "no device can take c now: cpu:0: model c needs 5.0 GB, budget is 4.0 GB minus a 0 B reserve = 4.0 GB:"
+        " it can never fit on cpu:0; cpu:1: model c needs 5.0 GB; 1.0 GB free of a 6.0 GB budget (6.0 GB minus"
+        " 0 B reserve), idle models could free 0 B more; busy: a (5.0 GB, in use). Try again when they finish.")
+    assert (err.name, err.need_bytes, err.budget_bytes, err.reserve_bytes, err.free_bytes, err.evictable_bytes,
+            err.busy) == ("c", 5 * GB, 6 * GB, 0, GB, 0, ("a",))
+
+
+def test_no_device_error_when_it_never_fits_gives_the_first_device_s_figures():
+    off = two(budgets=(8, 6), reserve_bytes=GB)
+    add(off, "x", 2, runtime="onnx")
+    add(off, "huge", 9, runtime="onnx")
+    with off.acquire("x"):  # lands on cpu:0 (more room), in use: nothing there is evictable
+        with pytest.raises(ModelTooLarge) as info:
+            use(off, "huge")
+    err = info.value
+    assert not isinstance(err, ModelsBusy)
+    assert str(err) == (
+        "no device can take huge now: cpu:0: model huge needs 9.0 GB, budget is 8.0 GB minus a 1.0 GB reserve ="
+        " 7.0 GB: it can never fit on cpu:0; cpu:1: model huge needs 9.0 GB, budget is 6.0 GB minus a 1.0 GB"
+        " reserve = 5.0 GB: it can never fit on cpu:1")
+    assert (err.name, err.need_bytes, err.budget_bytes, err.reserve_bytes, err.free_bytes, err.evictable_bytes,
+            err.busy) == ("huge", 9 * GB, 8 * GB, GB, 5 * GB, 0, ())
+
+
+def test_never_fit_free_figure_counts_only_that_device():
+    off = two(budgets=(8, 8))
+    add(off, "x", 3)
+    add(off, "y", 2)
+    add(off, "huge", 9)
+    use(off, "x", "y")  # x on cpu:0, y on cpu:1
+    with pytest.raises(ModelTooLarge) as info:
+        use(off, "huge")
+    assert info.value.free_bytes == 5 * GB
+
+
+def test_loader_oom_twice_on_one_of_two_devices():
+    off = two()
+    log: list = []
+    add(off, "here", 3, log)
+    add(off, "there", 3, log)
+    use(off, "here")
+    calls = []
+
+    def loader(device):
+        calls.append(device)
+        raise oom()
+
+    off.register("big", loader, runtime="onnx", estimate_bytes=4 * GB)
+    with off.acquire("here"):
+        use(off, "there")  # cpu:1
+        with off.acquire("there"):
+            with pytest.raises(VramError) as info:
+                use(off, "big")  # cpu:0 and cpu:1 have 7 GB each: cpu:0 (first)
+    assert calls == ["cpu", "cpu"]  # simulated devices: the model really lives on the CPU
+    assert str(info.value) == (
+        "not enough GPU memory to load big (about 4.0 GB) even after evicting every idle model on cpu:0;"
+        " busy: here (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)")
+
+
+def test_freeing_on_several_devices_logs_the_device(caplog):
+    import logging
+
+    off = two()
+    add(off, "a", 2, runtime="onnx")
+    add(off, "b", 2, runtime="onnx")
+    use(off, "a", "b")
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
+    off.unload("b")
+    assert [r.getMessage() for r in caplog.records] == ["freed b from cpu:1 (requested)"]
+
+
+def test_pins_in_a_group_count_until_the_last_unpin():
+    off = two()
+    add(off, "asr", 2)
+    add(off, "vlm", 3)
+    add(off, "big", 5)
+    add(off, "filler", 4)
+    off.pin("vlm", group="s")
+    off.pin("asr", group="s")
+    off.pin("asr", group="s")  # e.g. two pins from the same session
+    use(off, "vlm", "big", "filler")
+    assert where(off) == {"asr": "unloaded", "vlm": "cpu:0", "big": "cpu:1", "filler": "cpu:0"}
+    off.unpin("asr", group="s")
+    use(off, "asr")  # still in the group: joins vlm although cpu:1 has more room
+    assert off.device_of("asr") == "cpu:0"
+    off.unpin("asr", group="s")
+    off.unpin("asr", group="s")  # one more than pinned: ignored
+    off.evict("asr")
+    use(off, "asr")
+    assert off.device_of("asr") == "cpu:1"
+    off.unpin("vlm", group="other")  # a group it is not in: the pin still goes
+    assert [m["pinned"] for m in off.snapshot()["models"]] == [0, 0, 0, 0]
