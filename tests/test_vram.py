@@ -861,7 +861,7 @@ def test_offloader_settings_and_their_errors():
     assert gpu.device == "cuda:1" and gpu.is_cuda is True
     assert VramOffloader(device="cuda", mem_probe=lambda: (GB, 2 * GB)).budget_bytes == 2 * GB
     off = make(10)
-    with pytest.raises(ValueError, match="estimate_bytes must be >= 0"):
+    with pytest.raises(ValueError, match="^estimate_bytes must be >= 0$"):
         off.register("neg", lambda d: FakeSession("neg"), runtime=Runtime.ONNX, estimate_bytes=-1)
     off.register("free", lambda d: FakeSession("free"), runtime="onnx", estimate_bytes=0)
     assert use(off, "free").name == "free" and off.snapshot()["peak_bytes"] == 0
@@ -1390,3 +1390,181 @@ def test_the_log_says_what_moved_where_and_why(caplog):
         "freed lin from the device (requested)",
     ]
     assert all(r.levelno == logging.INFO for r in caplog.records)  # no hook failures on the way
+
+
+# --------------------------------------------------------------------------- moving flags, measured overcommit
+
+def moving_of(off: VramOffloader, name: str) -> bool:
+    return next(m["moving"] for m in off.snapshot()["models"] if m["name"] == name)
+
+
+def test_a_model_shows_as_moving_while_it_is_moved_or_freed_and_not_after():
+    """/vram-monitor shows "moving" while a transition runs; acquire waits on it, so it must end."""
+    clock = FakeClock()
+    off = make(10, clock=clock, idle_offload_s=60, host_ram_budget_bytes=4 * GB)
+    seen: list = []
+
+    def reg(name, gb, runtime="torch"):
+        def to(obj, device):
+            seen.append((name, "to " + device, moving_of(off, name)))
+            return obj
+
+        off.register(name, lambda d: FakeSession(name), runtime=runtime, estimate_bytes=int(gb * GB), to_device=to,
+                     unload=lambda obj: seen.append((name, "free", moving_of(off, name))))
+
+    reg("t", 4)
+    reg("o", 4, runtime="onnx")
+    reg("big", 6, runtime="onnx")
+    reg("t2", 4)
+    use(off, "t")
+    use(off, "o")
+    use(off, "big")  # room for big: t parked, o freed
+    off.evict("big")
+    use(off, "o")
+    off.unload("o")
+    use(off, "o")
+    off.unload_all()
+    use(off, "o")
+    clock.t += 100
+    off.offload_idle()
+    use(off, "o")
+    off.evict_idle_all()
+    with off.acquire("o"):
+        off.unload_all()  # in use: freed on release
+    use(off, "t")
+    use(off, "t2")
+    use(off, "big")  # t parked
+    off.evict("t2")  # parking t2 goes over the host RAM budget: t, the older, is freed
+    assert [(name, what) for name, what, _ in seen] == [
+        ("t", "to cpu"), ("big", "free"), ("o", "free"), ("t", "free"), ("o", "free"), ("o", "free"),
+        ("o", "free"), ("o", "free"), ("t", "to cpu"), ("t2", "to cpu"), ("t", "free")]
+    assert all(flag for _, _, flag in seen)
+    assert not any(m["moving"] for m in off.snapshot()["models"])
+    assert states(off) == {"t": "unloaded", "o": "unloaded", "big": "gpu", "t2": "cpu"}
+
+
+def test_measured_overcommit_evicts_just_enough_and_warns_when_it_cannot(caplog):
+    free = [16 * GB]
+
+    def probe():
+        return free[0], 16 * GB
+
+    def make_probed():
+        return VramOffloader(device="cpu", budget_bytes=10 * GB, mem_probe=probe, gc_collect=False)
+
+    def reg(off, name, real, estimate=2 * GB):
+        def load(device):
+            free[0] -= real
+            return FakeSession(name)
+
+        def unload(obj):
+            flags.append(moving_of(off, name))
+            free[0] += real
+
+        off.register(name, load, runtime="onnx", estimate_bytes=estimate, unload=unload)
+
+    flags: list = []
+
+    off = make_probed()
+    reg(off, "a", 2 * GB)
+    reg(off, "b", 2 * GB)
+    reg(off, "c", 6 * GB + 1)  # estimated 2 GB: measured one byte over what is left
+    for n in "abc":
+        use(off, n)
+    assert states(off) == {"a": "unloaded", "b": "gpu", "c": "gpu"}
+    assert flags == [True] and not any(m["moving"] for m in off.snapshot()["models"])
+    off.unload_all()
+
+    off = make_probed()
+    reg(off, "a", 2 * GB)
+    reg(off, "b", 2 * GB)
+    reg(off, "c", 8 * GB)  # 2 GB over: exactly a's size
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
+    for n in "abc":
+        use(off, n)
+    assert states(off) == {"a": "unloaded", "b": "gpu", "c": "gpu"}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    off.unload_all()
+
+    off = make_probed()
+    reg(off, "a", 4 * GB, estimate=4 * GB)
+    reg(off, "c", 6 * GB + 1)
+    with off.acquire("a"):
+        use(off, "c")  # one byte over, and a is in use: nothing to evict
+    assert states(off) == {"a": "gpu", "c": "gpu"}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "over the VRAM budget by 1 B: the models holding it are in use"]
+
+
+def test_resident_models_used_since_a_time():
+    lib = Lib()
+    off = make(10)
+    for n in ("old", "recent", "busy", "parked"):
+        reg_torch(off, lib, n, 1) if n == "parked" else reg_session(off, lib, n, 1)
+    use(off, "old")
+    use(off, "busy")
+    use(off, "parked")
+    off.evict("parked")
+    use(off, "recent")
+    since = next(m["last_used"] for m in off.snapshot()["models"] if m["name"] == "recent")
+    with off.acquire("busy"):
+        assert off.resident_used_since(since) == ["recent", "busy"]  # parked and older ones left out
+        assert off.resident_used_since(since + 3600) == ["busy"]
+    assert off.resident_used_since(since + 3600) == []
+    assert off.names() == ["old", "recent", "busy", "parked"]
+
+
+def test_idle_exactly_the_timeout_is_idle():
+    lib = Lib()
+    clock = FakeClock()
+    off = make(10, clock=clock, idle_offload_s=60)
+    reg_session(off, lib, "a", 1)
+    use(off, "a")
+    clock.t += 59.5
+    assert off.offload_idle() == []
+    clock.t += 0.5
+    assert off.offload_idle() == ["a"]
+
+
+def test_run_waits_for_busy_models_when_asked():
+    lib = Lib()
+    off = make(10)
+    waits = watch_waits(off)
+    reg_session(off, lib, "a", 6)
+    reg_session(off, lib, "b", 6)
+    holding = threading.Event()
+
+    def hold():
+        with off.acquire("a"):
+            holding.set()
+            waits.until(1)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert holding.wait(5)
+    assert off.run("b", lambda m: m.name, wait_s=30) == "b"
+    t.join()
+
+
+def test_parameter_bytes_count_buffers_and_shared_weights_once():
+    off = make(1)
+    norm = torch.nn.BatchNorm1d(10)  # 20 parameters, 21 buffers (running stats and a counter)
+    off.register("norm", lambda d: norm, runtime="torch", estimate_bytes=2**20)
+    use(off, "norm")
+    expected = sum(t.numel() * t.element_size() for t in list(norm.parameters()) + list(norm.buffers()))
+    assert off.size_of("norm") == expected
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.head = torch.nn.Linear(4, 10, bias=False)
+            self.head.weight = self.embed.weight  # one tensor, two names
+            self.extra = torch.nn.Linear(4, 4)
+
+    off.register("tied", lambda d: Tied(), runtime="torch", estimate_bytes=2**20)
+    use(off, "tied")
+    assert off.size_of("tied") == (40 + 16 + 4) * 4
+    off.register("relu", lambda d: torch.nn.ReLU(), runtime="torch", estimate_bytes=1000)
+    use(off, "relu")  # no tensors: the estimate stands
+    assert off.size_of("relu") == 1000 and not off.snapshot()["models"][2]["measured"]
