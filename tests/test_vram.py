@@ -1088,10 +1088,26 @@ def test_two_gpus_load_and_run_on_their_own_gpu(monkeypatch):
     with off.acquire("a"):
         assert cuda.current == "cuda:0"
     assert cuda.current is None
-    # freeing a model waits for its own GPU only
+    # freeing or moving a model waits for its own GPU only
+    own = [("synchronize", "cuda:1"), ("empty_cache",)]
+    cuda.calls.clear()
+    off.evict("b")
+    assert cuda.calls == own
+    use(off, "b")
+    cuda.calls.clear()
+    reg_card(off, cuda, "b", 10, seen)  # re-registered: the old one is freed
+    assert cuda.calls == own
+    use(off, "b")
+    with off.acquire("b"):
+        off.unload_all()
+        cuda.calls.clear()
+    assert cuda.calls == own  # freed on release (a, idle, was freed at once)
+    use(off, "a")
+    use(off, "b")
+    assert off.device_of("b") == "cuda:1"
     cuda.calls.clear()
     off.unload("b")
-    assert cuda.calls == [("synchronize", "cuda:1"), ("empty_cache",)]
+    assert cuda.calls == own
     # before CUDA is initialised nothing is synchronised (that would initialise it)
     cuda.initialized = False
     cuda.calls.clear()
