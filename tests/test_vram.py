@@ -1106,6 +1106,10 @@ def test_two_gpus_load_and_run_on_their_own_gpu(monkeypatch):
     use(off, "b")
     assert off.device_of("b") == "cuda:1"
     cuda.calls.clear()
+    with pytest.raises(VramError):
+        off.run("b", lambda m: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    assert cuda.calls == own  # out of memory on cuda:1: only cuda:1's idle models and cache
+    cuda.calls.clear()
     off.unload("b")
     assert cuda.calls == own
     # before CUDA is initialised nothing is synchronised (that would initialise it)
@@ -1584,3 +1588,76 @@ def test_parameter_bytes_count_buffers_and_shared_weights_once():
     off.register("relu", lambda d: torch.nn.ReLU(), runtime="torch", estimate_bytes=1000)
     use(off, "relu")  # no tensors: the estimate stands
     assert off.size_of("relu") == 1000 and not off.snapshot()["models"][2]["measured"]
+
+
+class StopAt(threading.Event):
+    """The idle thread's stop event, recording each wait's interval and the thread that waits."""
+
+    waits: list = []
+
+    def wait(self, timeout=None):
+        if timeout is not None:
+            me = threading.current_thread()
+            StopAt.waits.append((timeout, me.name, me.daemon))
+        return super().wait(timeout if timeout is None else 5)
+
+
+def test_idle_thread_interval_follows_the_timeout(monkeypatch):
+    import services.vram as vram
+
+    monkeypatch.setattr(vram.threading, "Event", StopAt)
+    for idle_s, interval in ((300, 60.0), (100, 20.0), (2, 1.0), (1000, 60.0)):
+        StopAt.waits = []
+        off = make(10, idle_offload_s=idle_s)
+        off.start_idle_thread()
+        deadline = time.monotonic() + 5
+        while not StopAt.waits and time.monotonic() < deadline:
+            time.sleep(0.001)
+        thread = off._idle_thread
+        off.stop()
+        assert StopAt.waits == [(interval, "vram-idle-offload", True)]
+        assert not thread.is_alive()
+    off = make(10)
+    off.stop()  # never started: nothing to stop
+
+
+def test_the_log_gives_each_reason(caplog):
+    import re
+
+    lib = Lib()
+    clock = FakeClock()
+    off = make(10, clock=clock, idle_offload_s=60)
+    reg_torch(off, lib, "t", 2)
+    reg_session(off, lib, "s", 2)
+    use(off, "t")
+    use(off, "s")
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
+    off.evict("t")
+    use(off, "t")
+    clock.t += 100
+    off.offload_idle()
+    use(off, "s")
+    off.register("s", lambda d: FakeSession("s2"), runtime="onnx", estimate_bytes=2 * GB)
+    use(off, "t")
+    use(off, "s")
+    calls = []
+
+    def fn(model):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory")
+
+    off.run("s", fn)
+    lines = [re.sub(r" in \d+\.\d s", " in _ s", r.getMessage()) for r in caplog.records]
+    assert lines == [
+        "evicted t (requested) from cpu to cpu in _ s (2.0 GB)",
+        "moved t on cpu in _ s (2.0 GB estimated)",
+        "freed s from the device (idle)",
+        "evicted t (idle) from cpu to cpu in _ s (2.0 GB)",
+        "loaded s on cpu in _ s (2.0 GB estimated)",
+        "freed s from the device (re-registered)",
+        "moved t on cpu in _ s (2.0 GB estimated)",
+        "loaded s on cpu in _ s (2.0 GB estimated)",
+        "out of memory running s (CUDA out of memory): evicting every idle model and retrying once",
+        "evicted t (out of memory running s) from cpu to cpu in _ s (2.0 GB)",
+    ]
