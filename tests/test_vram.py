@@ -1591,15 +1591,18 @@ def test_parameter_bytes_count_buffers_and_shared_weights_once():
 
 
 class StopAt(threading.Event):
-    """The idle thread's stop event, recording each wait's interval and the thread that waits."""
+    """The idle thread's stop event, reporting each wait's interval and the thread that waits."""
 
-    waits: list = []
+    import queue
+
+    waits: "queue.Queue" = queue.Queue()
 
     def wait(self, timeout=None):
         if timeout is not None:
             me = threading.current_thread()
-            StopAt.waits.append((timeout, me.name, me.daemon))
-        return super().wait(timeout if timeout is None else 5)
+            StopAt.waits.put((timeout, me.name, me.daemon))
+            timeout = 5
+        return super().wait(timeout)
 
 
 def test_idle_thread_interval_follows_the_timeout(monkeypatch):
@@ -1607,16 +1610,12 @@ def test_idle_thread_interval_follows_the_timeout(monkeypatch):
 
     monkeypatch.setattr(vram.threading, "Event", StopAt)
     for idle_s, interval in ((300, 60.0), (100, 20.0), (2, 1.0), (1000, 60.0)):
-        StopAt.waits = []
         off = make(10, idle_offload_s=idle_s)
         off.start_idle_thread()
-        deadline = time.monotonic() + 5
-        while not StopAt.waits and time.monotonic() < deadline:
-            time.sleep(0.001)
+        assert StopAt.waits.get(timeout=5) == (interval, "vram-idle-offload", True)
         thread = off._idle_thread
         off.stop()
-        assert StopAt.waits == [(interval, "vram-idle-offload", True)]
-        assert not thread.is_alive()
+        assert not thread.is_alive() and StopAt.waits.empty()
     off = make(10)
     off.stop()  # never started: nothing to stop
 
