@@ -971,6 +971,8 @@ def test_a_model_that_fits_only_by_evicting_every_idle_one():
     use(off, "all")
     assert states(off) == {"a": "unloaded", "b": "unloaded", "all": "gpu"}
     assert lib.unloads == ["a", "b"]
+    snap = off.snapshot()
+    assert snap["free_bytes"] == 0 and snap["devices"][0]["free_bytes"] == 0
 
 
 def test_eviction_never_goes_over_the_budget_by_a_byte():

@@ -421,6 +421,7 @@ def test_snapshot_of_two_devices_one_probed():
         "d": {"name": "d", "family": None, "runtime": "torch", "state": "unloaded", "device": None, "bytes": GB,
               "estimate_bytes": GB, "in_use": 0, "pinned": 0, "loads": 0, **common},
     }
+    assert off.device_of("c") is None and off.device_of("d") is None  # parked from cpu:0, not on it
     by_name = {m["name"]: m for m in snap["models"]}
     assert by_name["c"]["move_seconds"] is None and by_name["d"]["load_seconds"] is None
     use(off, "c")
@@ -556,3 +557,69 @@ def test_pins_in_a_group_count_until_the_last_unpin():
     assert off.device_of("asr") == "cpu:1"
     off.unpin("vlm", group="other")  # a group it is not in: the pin still goes
     assert [m["pinned"] for m in off.snapshot()["models"]] == [0, 0, 0, 0]
+
+
+def test_a_member_that_would_push_its_group_out_goes_elsewhere(caplog):
+    import logging
+
+    off = two()
+    add(off, "a", 4)
+    add(off, "b", 8)
+    off.pin("a", group="s")
+    off.pin("b", group="s")
+    use(off, "a")  # cpu:0
+    caplog.set_level(logging.WARNING, logger="enfoads.vram")
+    use(off, "b")  # on cpu:0 it would evict a, its own group: cpu:1
+    assert where(off) == {"a": "cpu:0", "b": "cpu:1"}
+    assert [r.getMessage() for r in caplog.records] == ["b cannot join its group on cpu:0: placed on cpu:1"]
+
+
+def test_the_first_member_goes_where_the_whole_group_fits_even_exactly():
+    off = two()
+    for name, gb in (("held0", 4), ("held1", 5), ("idle0", 4), ("asr", 2), ("vlm", 4)):
+        add(off, name, gb)
+    use(off, "held0", "held1", "idle0")
+    assert where(off) == {"held0": "cpu:0", "held1": "cpu:1", "idle0": "cpu:0", "asr": "unloaded", "vlm": "unloaded"}
+    off.pin("asr", group="s")
+    off.pin("vlm", group="s")
+    with off.acquire("held0"), off.acquire("held1"):
+        use(off, "asr")  # the group needs 6 GB: cpu:0 has 2 free + 4 idle, cpu:1 only 5 (more room for asr alone)
+        assert off.device_of("asr") == "cpu:0"
+        use(off, "vlm")
+    assert where(off)["vlm"] == "cpu:0" and where(off)["idle0"] == "cpu"
+
+
+def test_a_member_joins_the_device_holding_most_of_its_group():
+    off = two()
+    for name, gb in (("m1", 3), ("m2", 2), ("m3", 2), ("new", 1)):
+        add(off, name, gb)
+    use(off, "m1", "m2", "m3")
+    assert where(off) == {"m1": "cpu:0", "m2": "cpu:1", "m3": "cpu:1", "new": "unloaded"}
+    for name in ("m1", "m2", "m3", "new"):
+        off.pin(name, group="g")
+    use(off, "new")  # 4 GB of the group on cpu:1, 3 on cpu:0
+    assert off.device_of("new") == "cpu:1"
+
+    off = two()
+    for name, gb in (("m1", 3), ("m2", 3), ("x", 2), ("new", 1)):
+        add(off, name, gb)
+    use(off, "m1", "m2", "x")
+    assert where(off) == {"m1": "cpu:0", "m2": "cpu:1", "x": "cpu:0", "new": "unloaded"}
+    for name in ("m1", "m2", "new"):
+        off.pin(name, group="g")
+    use(off, "new")  # 3 GB of the group on each: the first device, although cpu:1 has more room
+    assert off.device_of("new") == "cpu:0"
+
+
+def test_a_one_byte_member_still_anchors_its_group():
+    off = two()
+    add(off, "filler", 1)
+    off.register("tiny", lambda d: Torchish("tiny", d, []), runtime="torch", estimate_bytes=1)
+    add(off, "new", 1)
+    use(off, "filler", "tiny")  # tiny: cpu:1 has more room
+    off.unload("filler")
+    assert where(off) == {"filler": "unloaded", "tiny": "cpu:1", "new": "unloaded"}
+    off.pin("tiny", group="g")
+    off.pin("new", group="g")
+    use(off, "new")  # cpu:0 has one byte more room, but the group is on cpu:1
+    assert off.device_of("new") == "cpu:1"
