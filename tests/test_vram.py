@@ -1258,6 +1258,17 @@ def test_moves_that_return_a_new_object_or_none():
     assert states(off)["inplace"] == "cpu"
     assert use(off, "inplace") is model and lib.loads.count(("inplace", "cpu")) == 1
 
+    class Copying(FakeTorchModel):  # .to() returns a new object, as tensors do
+        def to(self, device):
+            self.lib.moves.append((self.name, device))
+            return Copying(self.name, self.lib, device)
+
+    off.register("copying", lambda d: Copying("copying", lib, d), runtime="torch", estimate_bytes=4 * GB)
+    first = use(off, "copying")
+    use(off, "big")
+    back = use(off, "copying")
+    assert back is not first and isinstance(back, Copying) and lib.moves[-2:] == [("copying", "cpu")] * 2
+
 
 def test_only_torch_models_are_moved_and_only_within_the_host_budget():
     lib = Lib()
@@ -1461,6 +1472,7 @@ def test_a_model_shows_as_moving_while_it_is_moved_or_freed_and_not_after():
         ("t", "to cpu"), ("big", "free"), ("o", "free"), ("t", "free"), ("o", "free"), ("o", "free"),
         ("o", "free"), ("o", "free"), ("t", "to cpu"), ("t2", "to cpu"), ("t", "free")]
     assert all(flag for _, _, flag in seen)
+    off.evict("t2")  # parked already: nothing to do
     assert not any(m["moving"] for m in off.snapshot()["models"])
     assert states(off) == {"t": "unloaded", "o": "unloaded", "big": "gpu", "t2": "cpu"}
 
