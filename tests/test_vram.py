@@ -1674,3 +1674,30 @@ def test_the_log_gives_each_reason(caplog):
         "out of memory running s (CUDA out of memory): evicting every idle model and retrying once",
         "evicted t (out of memory running s) from cpu to cpu in _ s (2.0 GB)",
     ]
+
+
+def test_a_short_busy_wait_still_waits(monkeypatch):
+    """wait_s below a second: the wait still happens (time is frozen, so only the release ends it)."""
+    import services.vram as vram
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(vram, "time", SimpleNamespace(monotonic=lambda: 0.0, time=time.time,
+                                                      perf_counter=time.perf_counter))
+    lib = Lib()
+    off = make(10)
+    waits = watch_waits(off)
+    reg_session(off, lib, "a", 6)
+    reg_session(off, lib, "b", 6)
+    holding = threading.Event()
+
+    def hold():
+        with off.acquire("a"):
+            holding.set()
+            waits.until(1)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert holding.wait(5)
+    with off.acquire("b", wait_s=0.5) as m:
+        assert m.name == "b"
+    t.join()
