@@ -1099,7 +1099,9 @@ def test_two_gpus_load_and_run_on_their_own_gpu(monkeypatch):
     cuda.calls.clear()
     reg_card(off, cuda, "b", 10, seen)  # re-registered: the old one is freed
     assert cuda.calls == own
-    use(off, "b")
+    cuda.calls.clear()
+    use(off, "b")  # every cache once before planning, then its own GPU around the measurement
+    assert cuda.calls == [("synchronize", "cuda:0"), *own, *own, *own]
     with off.acquire("b"):
         off.unload_all()
         cuda.calls.clear()
@@ -1701,3 +1703,97 @@ def test_a_short_busy_wait_still_waits(monkeypatch):
     with off.acquire("b", wait_s=0.5) as m:
         assert m.name == "b"
     t.join()
+
+
+def test_a_footprint_is_measured_once_and_counts_each_load_and_move():
+    free = [16 * GB]
+    takes = [3 * GB]
+    off = VramOffloader(device="cpu", budget_bytes=16 * GB, mem_probe=lambda: (free[0], 16 * GB), gc_collect=False)
+
+    def loader(device):
+        free[0] -= takes[0]
+        return torch.nn.Linear(10, 10)  # 440 parameter bytes: the probe's figure wins
+
+    def unload(obj):
+        free[0] += takes[0]
+
+    off.register("m", loader, runtime="torch", estimate_bytes=GB, unload=unload)
+    use(off, "m")
+    assert off.size_of("m") == 3 * GB
+    off.unload("m")
+    takes[0] = 5 * GB  # a later load that happens to take more does not change the footprint
+    use(off, "m")
+    assert off.size_of("m") == 3 * GB
+    off.evict("m")
+    use(off, "m")
+    off.evict("m")
+    use(off, "m")
+    m = off.snapshot()["models"][0]
+    assert (m["loads"], m["moves"]) == (2, 2)
+    assert 0 <= m["load_seconds"] < 60 and 0 <= m["move_seconds"] < 60  # seconds, not a clock reading
+
+    tiny = VramOffloader(device="cpu", budget_bytes=16 * GB, mem_probe=lambda: (free[0], 16 * GB), gc_collect=False)
+    takes[0] = 1
+    tiny.register("t", loader, runtime="onnx", estimate_bytes=GB)
+    use(tiny, "t")
+    assert tiny.size_of("t") == 1  # even one byte is a measurement
+
+
+def test_unloading_twice_calls_the_hook_once_and_logs_once(caplog):
+    lib = Lib()
+    off = make(10)
+    reg_session(off, lib, "s", 2)
+    reg_session(off, lib, "never", 2)
+    use(off, "s")
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
+    off.unload("s")
+    off.unload("s")
+    off.unload("never")
+    assert lib.unloads == ["s"]
+    assert [r.getMessage() for r in caplog.records] == ["freed s from the device (requested)"]
+
+
+def test_a_model_that_cannot_be_parked_is_freed_and_the_log_says_why(caplog):
+    lib = Lib()
+    off = make(10)
+    model = Flaky(lib)
+    off.register("t", lambda d: model, runtime="torch", estimate_bytes=4 * GB)
+    reg_session(off, lib, "big", 8)
+    use(off, "t")
+    model.fail = 1
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
+    use(off, "big")
+    assert states(off) == {"t": "unloaded", "big": "gpu"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[:2] == ["moving t to cpu failed (CUDA out of memory. Tried to allocate 1.00 GiB): freeing it",
+                            "freed t from the device (room for big)"]
+
+
+def test_by_default_a_model_idle_for_five_minutes_leaves_the_device():
+    lib = Lib()
+    clock = FakeClock()
+    off = make(10, clock=clock)
+    reg_session(off, lib, "a", 1)
+    use(off, "a")
+    clock.t += 299
+    assert off.offload_idle() == []
+    clock.t += 1
+    assert off.offload_idle() == ["a"]
+
+
+def test_a_replaced_registration_is_dropped_after_its_last_user():
+    import weakref
+
+    class Loader:
+        def __call__(self, device):
+            return FakeSession("old")
+
+    off = make(10)
+    loader = Loader()
+    ref = weakref.ref(loader)
+    off.register("w", loader, runtime="onnx", estimate_bytes=GB)
+    del loader
+    with off.acquire("w"):
+        off.register("w", lambda d: FakeSession("new"), runtime="onnx", estimate_bytes=GB)
+        assert ref() is not None  # still in use
+    assert ref() is None  # nothing keeps the replaced model's registration
