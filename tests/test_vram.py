@@ -895,6 +895,9 @@ def test_too_large_errors_give_the_figures():
     assert not isinstance(err, ModelsBusy)
     use(off, "exact")  # exactly the budget minus the reserve fits (after evicting a)
     assert states(off) == {"a": "unloaded", "huge": "unloaded", "exact": "gpu"}
+    with pytest.raises(ModelTooLarge) as ei:
+        use(off, "huge")
+    assert ei.value.free_bytes == 0  # the device is full
 
 
 def held(off: VramOffloader, name: str):
