@@ -1800,3 +1800,17 @@ def test_a_replaced_registration_is_dropped_after_its_last_user():
         off.register("w", lambda d: FakeSession("new"), runtime="onnx", estimate_bytes=GB)
         assert ref() is not None  # still in use
     assert ref() is None  # nothing keeps the replaced model's registration
+
+
+def test_a_busy_wait_gives_up_at_its_deadline():
+    lib = Lib()
+    off = make(10)
+    reg_session(off, lib, "a", 6)
+    reg_session(off, lib, "b", 6)
+    with off.acquire("a"):  # held by this very thread: nobody releases it while b waits
+        t0 = time.monotonic()
+        with pytest.raises(ModelsBusy):
+            use_wait = off.acquire("b", wait_s=0.05)
+            use_wait.__enter__()
+        assert time.monotonic() - t0 >= 0.05
+    assert states(off) == {"a": "gpu", "b": "unloaded"}
