@@ -1814,3 +1814,57 @@ def test_a_busy_wait_gives_up_at_its_deadline():
             use_wait.__enter__()
         assert time.monotonic() - t0 >= 0.05
     assert states(off) == {"a": "gpu", "b": "unloaded"}
+
+
+class Gate:
+    """Stands in for the offloader's load lock, telling the test when a thread is about to take it."""
+
+    def __init__(self, lock) -> None:
+        self.lock = lock
+        self.entering: "list[str]" = []
+        self.changed = threading.Condition()
+
+    def __enter__(self):
+        with self.changed:
+            self.entering.append(threading.current_thread().name)
+            self.changed.notify_all()
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+    def until(self, name: str) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: name in self.entering, 10), self.entering
+
+
+def test_a_model_loaded_by_another_request_meanwhile_is_shared_not_loaded_again():
+    lib = Lib()
+    off = make(10)
+    reg_session(off, lib, "m", 2)
+    gate = Gate(off._load_lock)
+    off._load_lock = gate
+    got, done = threading.Event(), threading.Event()
+
+    def second():
+        with off.acquire("m") as m:
+            assert m.name == "m"
+            got.set()
+            done.wait(10)
+
+    gate.lock.acquire()  # this thread holds the load lock: the second request waits for it
+    t = threading.Thread(target=second, name="second")
+    t.start()
+    try:
+        gate.until("second")  # past its fast path (m not loaded yet), waiting for the load lock
+        first = off.acquire("m")
+        first.__enter__()  # this thread loads m meanwhile
+    finally:
+        gate.lock.release()
+    assert got.wait(10)
+    assert off.snapshot()["models"][0]["in_use"] == 2 and lib.loads == [("m", "cpu")]
+    first.__exit__(None, None, None)
+    done.set()
+    t.join()
+    assert states(off) == {"m": "gpu"}  # still resident once both are done
