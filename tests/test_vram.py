@@ -1119,6 +1119,12 @@ def test_two_gpus_load_and_run_on_their_own_gpu(monkeypatch):
     cuda.calls.clear()
     off.unload("b")
     assert cuda.calls == own
+    off.register("c", lambda d: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")), runtime="onnx",
+                 estimate_bytes=4 * GB)
+    cuda.calls.clear()
+    with pytest.raises(VramError, match="on cuda:1"):
+        use(off, "c")  # cuda:1 is empty: there, and its retries and clean-up touch only cuda:1
+    assert cuda.calls.count(("synchronize", "cuda:0")) == 1 and cuda.calls.count(("synchronize", "cuda:1")) == 5
     # before CUDA is initialised nothing is synchronised (that would initialise it)
     cuda.initialized = False
     cuda.calls.clear()
@@ -1178,7 +1184,7 @@ def test_loader_oom_twice_says_what_is_busy_and_what_the_card_reports():
 def test_run_oom_twice_says_what_was_evicted_and_what_is_busy():
     off = VramOffloader(device="cpu", budget_bytes=20 * GB, gc_collect=False, mem_probe=lambda: (GB, 24 * GB))
     lib = Lib()
-    for n in ("w", "held", "idle1", "idle2"):
+    for n in ("w", "held", "held2", "idle1", "idle2"):
         reg_session(off, lib, n, 0.5)
     use(off, "idle1")
     use(off, "idle2")
@@ -1186,13 +1192,13 @@ def test_run_oom_twice_says_what_was_evicted_and_what_is_busy():
     def fn(model):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
-    with off.acquire("held"):
+    with off.acquire("held"), off.acquire("held2"):
         with pytest.raises(VramError) as ei:
             off.run("w", fn)
     assert str(ei.value) == (
         "out of GPU memory running w (model 0.5 GB), even after evicting 2 idle model(s); other models in use:"
-        " held; the device reports 1.0 GB free. Try a smaller request (resolution, batch, length).")
-    assert states(off) == {"w": "gpu", "held": "gpu", "idle1": "unloaded", "idle2": "unloaded"}
+        " held, held2; the device reports 1.0 GB free. Try a smaller request (resolution, batch, length).")
+    assert states(off) == {"w": "gpu", "held": "gpu", "held2": "gpu", "idle1": "unloaded", "idle2": "unloaded"}
     alone = make(20)
     reg_session(alone, lib, "w", 2)
     with pytest.raises(VramError) as ei:
@@ -1217,11 +1223,11 @@ class Flaky:
         self.device = device
 
 
-def test_a_parked_model_that_cannot_come_back_is_parked_again():
+def test_a_parked_model_that_cannot_come_back_is_parked_again(caplog):
     lib = Lib()
     off = make(10)
     model = Flaky(lib)
-    off.register("t", lambda d: model, runtime="torch", estimate_bytes=4 * GB,
+    off.register("t", lambda d: lib.loads.append(("t", d)) or model, runtime="torch", estimate_bytes=4 * GB,
                  unload=lambda obj: lib.unloads.append("t"))
     assert use(off, "t") is model
     off.evict("t")
@@ -1230,13 +1236,38 @@ def test_a_parked_model_that_cannot_come_back_is_parked_again():
         use(off, "t")
     assert states(off) == {"t": "cpu"} and lib.unloads == []
     assert lib.moves[-1] == ("flaky", "cpu") and len(lib.moves) == 4
-    assert use(off, "t") is model and lib.loads == []  # in-place moves: still the same object
+    assert use(off, "t") is model and lib.loads == [("t", "cpu")]  # moved back in place, not loaded again
     assert states(off) == {"t": "gpu"}
     off.evict("t")
     model.fail = 3  # it cannot even go back to cpu: freed
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
     with pytest.raises(VramError):
         use(off, "t")
     assert states(off) == {"t": "unloaded"} and lib.unloads == ["t"]
+    assert "freed t from host RAM (failed move)" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_model_sent_back_to_cpu_after_a_failed_move_is_the_object_that_came_back():
+    calls: list = []
+    fail = [0]
+
+    def to(obj, device):  # every move returns a new object (as a converter would)
+        calls.append(obj)
+        if fail[0]:
+            fail[0] -= 1
+            raise RuntimeError("CUDA out of memory")
+        return {"n": len(calls)}
+
+    off = make(10)
+    off.register("t", lambda d: {"n": 0}, runtime="torch", estimate_bytes=4 * GB, to_device=to)
+    use(off, "t")
+    off.evict("t")
+    fail[0] = 2
+    with pytest.raises(VramError):
+        use(off, "t")
+    assert calls[-1] == {"n": 1} and len(calls) == 4  # the parked one tried twice, then sent back
+    assert use(off, "t") == {"n": 5}
+    assert calls[-1] == {"n": 4}  # the object the failed move's way back returned
 
 
 def test_moves_that_return_a_new_object_or_none():
@@ -1666,6 +1697,8 @@ def test_the_log_gives_each_reason(caplog):
             raise RuntimeError("CUDA out of memory")
 
     off.run("s", fn)
+    use(off, "t")
+    off.evict_idle_all()
     lines = [re.sub(r" in \d+\.\d s", " in _ s", r.getMessage()) for r in caplog.records]
     assert lines == [
         "evicted t (requested) from cpu to cpu in _ s (2.0 GB)",
@@ -1678,6 +1711,9 @@ def test_the_log_gives_each_reason(caplog):
         "loaded s on cpu in _ s (2.0 GB estimated)",
         "out of memory running s (CUDA out of memory): evicting every idle model and retrying once",
         "evicted t (out of memory running s) from cpu to cpu in _ s (2.0 GB)",
+        "moved t on cpu in _ s (2.0 GB estimated)",
+        "freed s from the device (requested)",
+        "evicted t (requested) from cpu to cpu in _ s (2.0 GB)",
     ]
 
 

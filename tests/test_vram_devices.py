@@ -456,20 +456,21 @@ def test_a_failing_probe_is_reported_as_unknown():
 
 
 def test_no_device_error_gives_the_waiting_device_s_figures():
-    off = two(budgets=(4, 6))
+    off = two(budgets=(0.5, 8))
     add(off, "a", 5)
+    add(off, "x", 1)
     add(off, "c", 5)
-    use(off, "a")  # only cpu:1 can take it
+    use(off, "a", "x")  # only cpu:1 can take them
     with off.acquire("a"):
         with pytest.raises(ModelsBusy) as info:
             use(off, "c")
     err = info.value
     assert str(err) == (
-        "no device can take c now: cpu:0: model c needs 5.0 GB, budget is 4.0 GB minus a 0 B reserve = 4.0 GB:"
-        " it can never fit on cpu:0; cpu:1: model c needs 5.0 GB; 1.0 GB free of a 6.0 GB budget (6.0 GB minus"
-        " 0 B reserve), idle models could free 0 B more; busy: a (5.0 GB, in use). Try again when they finish.")
+        "no device can take c now: cpu:0: model c needs 5.0 GB, budget is 0.5 GB minus a 0 B reserve = 0.5 GB:"
+        " it can never fit on cpu:0; cpu:1: model c needs 5.0 GB; 2.0 GB free of a 8.0 GB budget (8.0 GB minus"
+        " 0 B reserve), idle models could free 1.0 GB more; busy: a (5.0 GB, in use). Try again when they finish.")
     assert (err.name, err.need_bytes, err.budget_bytes, err.reserve_bytes, err.free_bytes, err.evictable_bytes,
-            err.busy) == ("c", 5 * GB, 6 * GB, 0, GB, 0, ("a",))
+            err.busy) == ("c", 5 * GB, 8 * GB, 0, 2 * GB, GB, ("a",))
 
 
 def test_no_device_error_when_it_never_fits_gives_the_first_device_s_figures():
@@ -623,3 +624,23 @@ def test_a_one_byte_member_still_anchors_its_group():
     off.pin("new", group="g")
     use(off, "new")  # cpu:0 has one byte more room, but the group is on cpu:1
     assert off.device_of("new") == "cpu:1"
+
+
+def test_oom_twice_while_running_names_the_busy_models_of_that_device_only():
+    off = two()
+    for name in ("run", "held1", "held2", "other"):
+        add(off, name, 2)
+    use(off, "run", "other", "held1")  # run: cpu:0, other: cpu:1, held1: cpu:0
+    add(off, "held2", 2)
+    use(off, "held2")  # cpu:1 has more room now
+    assert where(off) == {"run": "cpu:0", "held1": "cpu:0", "held2": "cpu:1", "other": "cpu:1"}
+
+    def always(model):
+        raise oom()
+
+    with off.acquire("held1"), off.acquire("other"):
+        with pytest.raises(VramError) as info:
+            off.run("run", always)
+    assert str(info.value) == (
+        "out of GPU memory running run on cpu:0 (model 2.0 GB), even after evicting 0 idle model(s); other models in"
+        " use: held1. Try a smaller request (resolution, batch, length).")
