@@ -1487,7 +1487,7 @@ def test_a_model_shows_as_moving_while_it_is_moved_or_freed_and_not_after():
     reg("t2", 4)
     use(off, "t")
     use(off, "o")
-    use(off, "big")  # room for big: t parked, o freed
+    use(off, "big")  # room for big: t, the least recent, is parked
     off.evict("big")
     use(off, "o")
     off.unload("o")
