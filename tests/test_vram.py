@@ -1274,8 +1274,10 @@ def test_moves_that_return_a_new_object_or_none():
     lib = Lib()
     off = make(10)
     copies: list = []
+    sources: list = []
 
     def copy_to(obj, device):  # like a converter that returns a new object on each move
+        sources.append(obj)
         new = FakeTorchModel(obj.name, lib, device)
         copies.append(new)
         return new
@@ -1288,7 +1290,7 @@ def test_moves_that_return_a_new_object_or_none():
     assert states(off)["copied"] == "cpu" and copies[-1].device == "cpu"
     back = use(off, "copied")  # moved back: the object the last move returned
     assert back is copies[-1] and back is not first and back.device == "cpu"
-    assert len(copies) == 2
+    assert sources == [first, copies[0]]  # what came back is the parked copy, moved
     model = use(off, "inplace")
     use(off, "big")
     assert states(off)["inplace"] == "cpu"
@@ -1904,3 +1906,42 @@ def test_a_model_loaded_by_another_request_meanwhile_is_shared_not_loaded_again(
     done.set()
     t.join()
     assert states(off) == {"m": "gpu"}  # still resident once both are done
+
+
+def test_parameter_bytes_of_shared_modules_odd_modules_and_one_byte():
+    lin = torch.nn.Linear(10, 10)  # 440 bytes
+    extra = torch.nn.Linear(2, 2)  # 24 bytes
+
+    class Pipe:
+        def __init__(self):
+            self.components = {"a": lin, "b": torch.nn.Sequential(lin, extra)}  # lin shared by two components
+
+        def to(self, device):
+            return self
+
+    class ParamsOnly:  # parameters() but no buffers()
+        def parameters(self):
+            return iter(lin.parameters())
+
+    class OneByte(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("flag", torch.zeros(1, dtype=torch.uint8))
+
+    off = make(1)
+    for name, loader in (("pipe", Pipe), ("params", ParamsOnly), ("one", OneByte)):
+        off.register(name, lambda d, loader=loader: loader(), runtime="torch", estimate_bytes=1000)
+        use(off, name)
+    assert [off.size_of(n) for n in ("pipe", "params", "one")] == [440 + 24, 440, 1]
+
+
+def test_simulated_devices_leave_the_current_cuda_device_alone(monkeypatch):
+    cuda = fake_torch(monkeypatch, {})
+    from services.vram import DeviceSpec
+
+    off = VramOffloader(devices=[DeviceSpec("cpu:0", 8 * GB), DeviceSpec("cpu:1", 8 * GB)], gc_collect=False)
+    seen: list = []
+    off.register("a", lambda d: seen.append(cuda.current) or FakeSession("a"), runtime="onnx", estimate_bytes=GB)
+    with off.acquire("a"):
+        assert cuda.current is None
+    assert seen == [None] and cuda.calls == []
