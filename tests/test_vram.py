@@ -1153,7 +1153,7 @@ def test_cuda_names_without_a_usable_gpu_are_bookkeeping_only(monkeypatch):
 
 # --------------------------------------------------------------------------- out of memory, to the word
 
-def test_loader_oom_twice_says_what_is_busy_and_what_the_card_reports():
+def test_loader_oom_twice_says_what_is_busy_and_what_the_card_reports(caplog):
     off = VramOffloader(device="cpu", budget_bytes=20 * GB, gc_collect=False, mem_probe=lambda: (6 * GB, 24 * GB))
     lib = Lib()
     reg_session(off, lib, "held", 2)
@@ -1165,13 +1165,16 @@ def test_loader_oom_twice_says_what_is_busy_and_what_the_card_reports():
         raise RuntimeError(reason)
 
     off.register("big", loader, runtime=Runtime.ONNX, estimate_bytes=4 * GB)
-    with off.acquire("held"):
+    reg_session(off, lib, "held2", 1)
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
+    with off.acquire("held"), off.acquire("held2"):
         with pytest.raises(VramError) as ei:
             use(off, "big")
     assert str(ei.value) == (
-        "not enough GPU memory to load big (about 4.0 GB) even after evicting every idle model; busy: held;"
+        "not enough GPU memory to load big (about 4.0 GB) even after evicting every idle model; busy: held, held2;"
         f" the device reports 6.0 GB free (RuntimeError: {reason[:200]})")
-    assert states(off) == {"held": "gpu", "idle": "unloaded", "big": "unloaded"}
+    assert states(off) == {"held": "gpu", "idle": "unloaded", "big": "unloaded", "held2": "gpu"}
+    assert "freed idle from the device (out of memory loading big)" in [r.getMessage() for r in caplog.records]
 
     alone = make(20)
     alone.register("big", loader, runtime=Runtime.ONNX, estimate_bytes=4 * GB)
@@ -1443,7 +1446,14 @@ def test_the_log_says_what_moved_where_and_why(caplog):
     off.unload("t")
     off.unload_all()
     use(lin, "lin")
+    lin.evict("lin")
+    use(lin, "lin")
     lin.unload("lin")  # no unload hook: just dropped
+    with off.acquire("big"):
+        off.register("big", lambda d: FakeSession("big2"), runtime="onnx", estimate_bytes=GB)
+    use(off, "big")
+    with off.acquire("big"):
+        off.unload_all()
     lines = [re.sub(r" in \d+\.\d s", " in _ s", r.getMessage()) for r in caplog.records if r.name == "enfoads.vram"]
     assert lines == [
         "loaded m on cpu in _ s (3.0 GB measured)",
@@ -1458,7 +1468,15 @@ def test_the_log_says_what_moved_where_and_why(caplog):
         "freed t from the device (requested)",
         "freed big from the device (unload all)",
         "loaded lin on cpu in _ s (20 KB parameter bytes)",
+        "evicted lin (requested) from cpu to cpu in _ s (20 KB)",
+        "moved lin on cpu in _ s (20 KB)",
         "freed lin from the device (requested)",
+        "loaded big on cpu in _ s (8.0 GB estimated)",
+        "re-registered big: old model freed when its 1 user(s) finish",
+        "freed big from the device (retired)",
+        "loaded big on cpu in _ s (1.0 GB estimated)",
+        "big is in use: freed when released",
+        "freed big from the device (unload requested)",
     ]
     assert all(r.levelno == logging.INFO for r in caplog.records)  # no hook failures on the way
 
