@@ -1574,6 +1574,7 @@ def test_measured_overcommit_evicts_just_enough_and_warns_when_it_cannot(caplog)
         use(off, n)
     assert states(off) == {"a": "unloaded", "b": "gpu", "c": "gpu"}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "freed a from the device (c measured larger than estimated)" in [r.getMessage() for r in caplog.records]
     off.unload_all()
 
     off = make_probed()

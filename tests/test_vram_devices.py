@@ -644,3 +644,30 @@ def test_oom_twice_while_running_names_the_busy_models_of_that_device_only():
     assert str(info.value) == (
         "out of GPU memory running run on cpu:0 (model 2.0 GB), even after evicting 0 idle model(s); other models in"
         " use: held1. Try a smaller request (resolution, batch, length).")
+
+
+def test_a_model_measured_larger_than_estimated_evicts_on_its_own_device():
+    free = {"cpu:0": 10 * GB, "cpu:1": 10 * GB}
+    off = VramOffloader(devices=[DeviceSpec(d, 10 * GB, (lambda d=d: (free[d], 10 * GB))) for d in free],
+                        gc_collect=False)
+
+    def reg(name, real, estimate):
+        def load(device):
+            free[where_to[name]] -= real
+            return Torchish(name, device, [])
+
+        off.register(name, load, runtime="onnx", estimate_bytes=estimate,
+                     unload=lambda obj: free.__setitem__(where_to[name], free[where_to[name]] + real))
+
+    where_to = {"old1": "cpu:1", "a": "cpu:0", "big": "cpu:0"}
+    reg("a", 3 * GB, 3 * GB)
+    reg("old1", 2 * GB, 2 * GB)
+    reg("big", 8 * GB, 2 * GB)
+    use(off, "a", "old1")  # a: cpu:0; old1: cpu:1 (more room)
+    use(off, "a")  # a used again: old1, on the other device, is the least recently used model anywhere
+    assert where(off) == {"a": "cpu:0", "old1": "cpu:1", "big": "unloaded"}
+    where_to["big"] = "cpu:0"
+    off.pin("big", group="g")
+    off.pin("a", group="g")  # big joins a on cpu:0: estimated 2 GB it fits; measured 8 GB it does not
+    use(off, "big")  # over cpu:0's budget: a goes, not old1 (on cpu:1, where there is no excess)
+    assert where(off) == {"a": "unloaded", "old1": "cpu:1", "big": "cpu:0"}
