@@ -871,7 +871,7 @@ def test_a_fresh_offloader_reports_nothing_used():
     off = make(10)
     snap = off.snapshot()
     assert (snap["used_bytes"], snap["peak_bytes"], snap["swaps"], snap["host_ram_used_bytes"]) == (0, 0, 0, 0)
-    assert snap["free_bytes"] == 10 * GB and snap["models"] == []
+    assert snap["free_bytes"] == 10 * GB and snap["models"] == [] and snap["devices"][0]["peak_bytes"] == 0
     assert repr(off) == "VramOffloader(device='cpu', used=0 B/10.0 GB, models=0)"
 
 

@@ -671,3 +671,19 @@ def test_a_model_measured_larger_than_estimated_evicts_on_its_own_device():
     off.pin("a", group="g")  # big joins a on cpu:0: estimated 2 GB it fits; measured 8 GB it does not
     use(off, "big")  # over cpu:0's budget: a goes, not old1 (on cpu:1, where there is no excess)
     assert where(off) == {"a": "unloaded", "old1": "cpu:1", "big": "cpu:0"}
+
+
+def test_a_re_registered_model_keeps_its_group():
+    off = two()
+    add(off, "asr", 2)
+    add(off, "vlm", 3)
+    add(off, "big", 5)
+    add(off, "filler", 4)
+    off.pin("asr", group="s")
+    off.pin("vlm", group="s")
+    use(off, "vlm", "big", "filler")  # vlm and filler on cpu:0, big on cpu:1 (more room there now)
+    add(off, "asr", 2)  # e.g. a new revision of the model: pins and group carry over
+    use(off, "asr")
+    assert off.device_of("asr") == "cpu:0"
+    off.unpin("asr", group="s")
+    assert [m["pinned"] for m in off.snapshot()["models"]] == [0, 1, 0, 0]
