@@ -1231,7 +1231,7 @@ def test_a_parked_model_that_cannot_come_back_is_parked_again(caplog):
     off = make(10)
     model = Flaky(lib)
     off.register("t", lambda d: lib.loads.append(("t", d)) or model, runtime="torch", estimate_bytes=4 * GB,
-                 unload=lambda obj: lib.unloads.append("t"))
+                 unload=lambda obj: lib.unloads.append("t"), to_device=lambda obj, device: obj.to(device))
     assert use(off, "t") is model
     off.evict("t")
     model.fail = 2  # both tries to bring it back fail; sending it back to cpu works
