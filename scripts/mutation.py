@@ -29,7 +29,8 @@ MODULES: dict[str, list[str]] = {
     "backend/auth.py": ["tests/test_auth_keys.py", "tests/test_app.py"],
     "backend/jobs.py": ["tests/test_jobs.py", "tests/test_jobs_retry.py"],
     "backend/uploads.py": ["tests/test_uploads.py"],
-    "services/vram.py": ["tests/test_vram.py"],
+    # test_frontend_contract.py reaches it too, through /vram-monitor on a live server: a server start per mutant
+    "services/vram.py": ["tests/test_vram.py", "tests/test_vram_devices.py"],
     "services/whisper/timeline.py": ["tests/test_whisper_timeline.py"],
     # test_whisper_service.py and test_whisper_video.py also reach it, through a model: minutes per mutant
     "services/whisper/subtitles.py": ["tests/test_subtitles.py"],
@@ -56,6 +57,7 @@ MODULES: dict[str, list[str]] = {
 # server that never ran a test itself: forking a process whose torch thread pools are running can hang.
 TORCH_TESTS = {"tests/test_vita_units.py", "tests/test_vita_session.py", "tests/test_vita.py", "tests/test_vita_vad.py",
                "tests/test_tts.py", "tests/test_image.py", "tests/test_whisper_service.py", "tests/test_vram.py",
+               "tests/test_vram_devices.py",
                "tests/test_restore_units.py"}
 SOURCE_PATHS = ["backend", "services", "prefetch"]
 ALSO_COPY = ["README.md", "requirements.txt", "requirements", "scripts", "notebooks", "benchmarks", "data"]

@@ -202,3 +202,36 @@ def test_vram_report_sizes_per_model():
     assert report["status"] == "offline"
     assert report["allocated_gb"] == pytest.approx(3.0) and report["free_gb"] == pytest.approx(5.0)
     assert report["models"] == [{"name": "a", "family": None, "state": "gpu", "gb": 3.0, "measured": False}]
+
+
+def test_vram_monitor_and_diagnostics_show_each_device(live_server, make_settings, models, tmp_path):
+    """Two simulated devices (Kaggle's two T4s): the monitor and /diagnostics list each one."""
+    import soundfile as sf
+
+    server = live_server(make_settings(models_dir=models, vram_devices=2, vram_budget_gb=4,
+                                       vram_reserve_gb=0.5, whisper_beam_size=1, job_wait_seconds=120))
+    vram = server.app.extensions["enfoads"].vram
+    vram.register("filler", lambda device: np.zeros(1), runtime="onnx", estimate_bytes=2 * GB)
+    with vram.acquire("filler"):  # cpu:0 holds 2 GB: the real whisper model goes to cpu:1
+        pass
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, (0.1 * np.sin(np.arange(16000) / 5)).astype("float32"), 16000)
+    with open(wav, "rb") as fh:
+        r = post(server, "/v1/audio/transcriptions", files={"file": ("tone.wav", fh, "audio/wav")},
+                 data={"model": "base"})
+    assert r.status_code == 200, r.text
+
+    body = requests.get(f"{server.url}/vram-monitor", headers=H, timeout=10).json()
+    assert body["status"] == "offline" and body["device"] == "cpu:0,cpu:1"
+    assert body["total_gb"] == pytest.approx(8.0)
+    names = [d["name"] for d in body["devices"]]
+    assert names == ["cpu:0", "cpu:1"]
+    dev0, dev1 = body["devices"]
+    assert dev0["models_loaded"] == ["filler"] and dev0["allocated_gb"] == pytest.approx(2.0)
+    assert dev1["models_loaded"] == ["whisper:whisper-base"] and dev1["total_gb"] == pytest.approx(4.0)
+    assert body["allocated_gb"] == pytest.approx(dev0["allocated_gb"] + dev1["allocated_gb"])
+    assert sorted(body["models_loaded"]) == ["filler", "whisper:whisper-base"]
+
+    diag = requests.get(f"{server.url}/diagnostics", headers=H, timeout=30).json()
+    assert [d["name"] for d in diag["vram_devices"]] == ["cpu:0", "cpu:1"]
+    assert diag["vram_devices"][1]["models_loaded"] == ["whisper:whisper-base"]

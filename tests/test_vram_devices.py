@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import requests
 
 from services.vram import GB, DeviceSpec, ModelsBusy, ModelTooLarge, VramError, VramOffloader
-from tests.conftest import API_KEY
-
-H = {"Authorization": f"Bearer {API_KEY}"}
 
 
 class FakeClock:
@@ -300,7 +296,7 @@ def test_device_list_errors():
         VramOffloader(devices=[DeviceSpec("tpu:0", GB)])
 
 
-# --------------------------------------------------------------------------- settings and HTTP
+# --------------------------------------------------------------------------- settings
 
 def test_settings_pick_the_devices(make_settings, monkeypatch):
     from backend.app import make_offloader
@@ -321,43 +317,6 @@ def test_settings_pick_the_devices(make_settings, monkeypatch):
     assert make_settings(gpus="0,1").gpus == [0, 1] and make_settings(gpus="all").gpus is None
     with pytest.raises(ValueError, match="GPU indices"):
         make_settings(gpus="first")
-
-
-@pytest.fixture(scope="module")
-def whisper_models(smoke_models):
-    return smoke_models("whisper")
-
-
-def test_vram_monitor_and_diagnostics_show_each_device(live_server, make_settings, whisper_models, tmp_path):
-    import numpy as np
-    import soundfile as sf
-
-    server = live_server(make_settings(models_dir=whisper_models, vram_devices=2, vram_budget_gb=4,
-                                       vram_reserve_gb=0.5, whisper_beam_size=1, job_wait_seconds=120))
-    vram = server.app.extensions["enfoads"].vram
-    add(vram, "filler", 2)
-    use(vram, "filler")  # cpu:0 holds 2 GB: the real whisper model goes to cpu:1
-    wav = tmp_path / "tone.wav"
-    sf.write(wav, (0.1 * np.sin(np.arange(16000) / 5)).astype("float32"), 16000)
-    with open(wav, "rb") as fh:
-        r = requests.post(f"{server.url}/v1/audio/transcriptions", headers=H, timeout=120,
-                          files={"file": ("tone.wav", fh, "audio/wav")}, data={"model": "base"})
-    assert r.status_code == 200, r.text
-
-    body = requests.get(f"{server.url}/vram-monitor", headers=H, timeout=10).json()
-    assert body["status"] == "offline" and body["device"] == "cpu:0,cpu:1"
-    assert body["total_gb"] == pytest.approx(8.0)
-    names = [d["name"] for d in body["devices"]]
-    assert names == ["cpu:0", "cpu:1"]
-    dev0, dev1 = body["devices"]
-    assert dev0["models_loaded"] == ["filler"] and dev0["allocated_gb"] == pytest.approx(2.0)
-    assert dev1["models_loaded"] == ["whisper:whisper-base"] and dev1["total_gb"] == pytest.approx(4.0)
-    assert body["allocated_gb"] == pytest.approx(dev0["allocated_gb"] + dev1["allocated_gb"])
-    assert sorted(body["models_loaded"]) == ["filler", "whisper:whisper-base"]
-
-    diag = requests.get(f"{server.url}/diagnostics", headers=H, timeout=30).json()
-    assert [d["name"] for d in diag["vram_devices"]] == ["cpu:0", "cpu:1"]
-    assert diag["vram_devices"][1]["models_loaded"] == ["whisper:whisper-base"]
 
 
 def test_a_realtime_session_keeps_its_models_on_one_device():
@@ -421,3 +380,310 @@ def test_a_device_that_would_evict_a_pinned_model_is_avoided():
     off.pin("pinned")
     use(off, "new")  # cpu:0 would evict fewer bytes (5 GB, pinned) than cpu:1 (6 GB): the unpinned one goes
     assert where(off) == {"pinned": "cpu:0", "plain": "cpu", "new": "cpu:1"}
+
+
+# --------------------------------------------------------------------------- snapshot and errors, exactly
+
+def test_snapshot_of_two_devices_one_probed():
+    off = VramOffloader(devices=[DeviceSpec("cpu:0", 10 * GB, lambda: (9 * GB, 12 * GB)), DeviceSpec("cpu:1", 8 * GB)],
+                        reserve_bytes=GB, host_ram_budget_bytes=6 * GB, gc_collect=False)
+    log: list = []
+    off.register("a", lambda d: Torchish("a", d, log), runtime="torch", estimate_bytes=3 * GB, family="image")
+    add(off, "b", 2, log, runtime="onnx")
+    add(off, "c", 1, log)
+    add(off, "d", 1, log)
+    use(off, "a", "b", "c")  # a: 8 GB of room on cpu:0 vs 7; b: 6 vs 7; c: 6 vs 5
+    off.evict("c")
+    off.pin("a")
+    with off.acquire("b"):
+        snap = off.snapshot()
+    assert snap["devices"] == [
+        {"name": "cpu:0", "budget_bytes": 10 * GB, "used_bytes": 3 * GB, "free_bytes": 7 * GB, "peak_bytes": 4 * GB,
+         "swaps": 2, "device_free_bytes": 9 * GB, "device_total_bytes": 12 * GB, "models": ["a"]},
+        {"name": "cpu:1", "budget_bytes": 8 * GB, "used_bytes": 2 * GB, "free_bytes": 6 * GB, "peak_bytes": 2 * GB,
+         "swaps": 1, "device_free_bytes": None, "device_total_bytes": None, "models": ["b"]},
+    ]
+    top = {k: v for k, v in snap.items() if k not in ("devices", "models")}
+    assert top == {"device": "cpu:0,cpu:1", "budget_bytes": 18 * GB, "reserve_bytes": GB, "used_bytes": 5 * GB,
+                   "free_bytes": 13 * GB, "peak_bytes": 6 * GB, "host_ram_used_bytes": GB,
+                   "host_ram_budget_bytes": 6 * GB, "swaps": 3,
+                   "device_free_bytes": None, "device_total_bytes": None}  # not every device can say
+    timing = ("last_used", "load_seconds", "move_seconds")
+    models = {m["name"]: {k: v for k, v in m.items() if k not in timing} for m in snap["models"]}
+    common = {"measured": False, "moves": 0, "moving": False}
+    assert models == {
+        "a": {"name": "a", "family": "image", "runtime": "torch", "state": "gpu", "device": "cpu:0", "bytes": 3 * GB,
+              "estimate_bytes": 3 * GB, "in_use": 0, "pinned": 1, "loads": 1, **common},
+        "b": {"name": "b", "family": None, "runtime": "onnx", "state": "gpu", "device": "cpu:1", "bytes": 2 * GB,
+              "estimate_bytes": 2 * GB, "in_use": 1, "pinned": 0, "loads": 1, **common},
+        "c": {"name": "c", "family": None, "runtime": "torch", "state": "cpu", "device": None, "bytes": GB,
+              "estimate_bytes": GB, "in_use": 0, "pinned": 0, "loads": 1, **common},
+        "d": {"name": "d", "family": None, "runtime": "torch", "state": "unloaded", "device": None, "bytes": GB,
+              "estimate_bytes": GB, "in_use": 0, "pinned": 0, "loads": 0, **common},
+    }
+    assert off.device_of("c") is None and off.device_of("d") is None  # parked from cpu:0, not on it
+    by_name = {m["name"]: m for m in snap["models"]}
+    assert by_name["c"]["move_seconds"] is None and by_name["d"]["load_seconds"] is None
+    use(off, "c")
+    c = next(m for m in off.snapshot()["models"] if m["name"] == "c")
+    assert (c["moves"], c["loads"], c["device"]) == (1, 1, "cpu:0") and isinstance(c["move_seconds"], float)
+    assert off.snapshot()["swaps"] == 4
+    assert repr(off) == "VramOffloader(device='cpu:0,cpu:1', used=6.0 GB/18.0 GB, models=4)"
+
+
+def test_snapshot_totals_when_every_device_is_probed():
+    off = VramOffloader(devices=[DeviceSpec("cpu:0", 10 * GB, lambda: (9 * GB, 12 * GB)),
+                                 DeviceSpec("cpu:1", 8 * GB, lambda: (5 * GB, 6 * GB))], gc_collect=False)
+    snap = off.snapshot()
+    assert (snap["device_free_bytes"], snap["device_total_bytes"]) == (14 * GB, 18 * GB)
+    assert [d["free_bytes"] for d in snap["devices"]] == [9 * GB, 5 * GB] and snap["free_bytes"] == 14 * GB
+    assert off.device_memory("cpu:1") == (5 * GB, 6 * GB) and off.device_memory() == (9 * GB, 12 * GB)
+    with pytest.raises(ValueError, match=r"^unknown device 'cuda:3'; the offloader has cpu:0, cpu:1$"):
+        off.device_memory("cuda:3")
+    assert two().device_memory("cpu:1") is None
+
+
+def test_a_failing_probe_is_reported_as_unknown():
+    def broken():
+        raise RuntimeError("driver gone")
+
+    off = VramOffloader(devices=[DeviceSpec("cpu:0", 10 * GB, broken), DeviceSpec("cpu:1", 8 * GB)], gc_collect=False)
+    add(off, "a", 2)
+    use(off, "a")  # placement goes on without the probe
+    assert off.device_memory("cpu:0") is None
+    snap = off.snapshot()
+    assert snap["devices"][0]["device_free_bytes"] is None and snap["devices"][0]["free_bytes"] == 8 * GB
+
+
+def test_no_device_error_gives_the_waiting_device_s_figures():
+    off = two(budgets=(0.5, 8))
+    add(off, "a", 5)
+    add(off, "x", 1)
+    add(off, "c", 5)
+    use(off, "a", "x")  # only cpu:1 can take them
+    with off.acquire("a"):
+        with pytest.raises(ModelsBusy) as info:
+            use(off, "c")
+    err = info.value
+    assert str(err) == (
+        "no device can take c now: cpu:0: model c needs 5.0 GB, budget is 0.5 GB minus a 0 B reserve = 0.5 GB:"
+        " it can never fit on cpu:0; cpu:1: model c needs 5.0 GB; 2.0 GB free of a 8.0 GB budget (8.0 GB minus"
+        " 0 B reserve), idle models could free 1.0 GB more; busy: a (5.0 GB, in use). Try again when they finish.")
+    assert (err.name, err.need_bytes, err.budget_bytes, err.reserve_bytes, err.free_bytes, err.evictable_bytes,
+            err.busy) == ("c", 5 * GB, 8 * GB, 0, 2 * GB, GB, ("a",))
+
+
+def test_no_device_error_when_it_never_fits_gives_the_first_device_s_figures():
+    off = two(budgets=(8, 6), reserve_bytes=GB)
+    add(off, "x", 2, runtime="onnx")
+    add(off, "huge", 9, runtime="onnx")
+    with off.acquire("x"):  # lands on cpu:0 (more room), in use: nothing there is evictable
+        with pytest.raises(ModelTooLarge) as info:
+            use(off, "huge")
+    err = info.value
+    assert not isinstance(err, ModelsBusy)
+    assert str(err) == (
+        "no device can take huge now: cpu:0: model huge needs 9.0 GB, budget is 8.0 GB minus a 1.0 GB reserve ="
+        " 7.0 GB: it can never fit on cpu:0; cpu:1: model huge needs 9.0 GB, budget is 6.0 GB minus a 1.0 GB"
+        " reserve = 5.0 GB: it can never fit on cpu:1")
+    assert (err.name, err.need_bytes, err.budget_bytes, err.reserve_bytes, err.free_bytes, err.evictable_bytes,
+            err.busy) == ("huge", 9 * GB, 8 * GB, GB, 5 * GB, 0, ())
+
+
+def test_never_fit_free_figure_counts_only_that_device():
+    off = two(budgets=(8, 8))
+    add(off, "x", 3)
+    add(off, "y", 2)
+    add(off, "huge", 9)
+    use(off, "x", "y")  # x on cpu:0, y on cpu:1
+    with pytest.raises(ModelTooLarge) as info:
+        use(off, "huge")
+    assert info.value.free_bytes == 5 * GB
+
+
+def test_loader_oom_twice_on_one_of_two_devices():
+    off = two()
+    log: list = []
+    add(off, "here", 3, log)
+    add(off, "there", 3, log)
+    use(off, "here")
+    calls = []
+
+    def loader(device):
+        calls.append(device)
+        raise oom()
+
+    off.register("big", loader, runtime="onnx", estimate_bytes=4 * GB)
+    with off.acquire("here"):
+        use(off, "there")  # cpu:1
+        with off.acquire("there"):
+            with pytest.raises(VramError) as info:
+                use(off, "big")  # cpu:0 and cpu:1 have 7 GB each: cpu:0 (first)
+    assert calls == ["cpu", "cpu"]  # simulated devices: the model really lives on the CPU
+    assert str(info.value) == (
+        "not enough GPU memory to load big (about 4.0 GB) even after evicting every idle model on cpu:0;"
+        " busy: here (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)")
+
+
+def test_freeing_on_several_devices_logs_the_device(caplog):
+    import logging
+
+    off = two()
+    add(off, "a", 2, runtime="onnx")
+    add(off, "b", 2, runtime="onnx")
+    use(off, "a", "b")
+    caplog.set_level(logging.INFO, logger="enfoads.vram")
+    off.unload("b")
+    assert [r.getMessage() for r in caplog.records] == ["freed b from cpu:1 (requested)"]
+
+
+def test_pins_in_a_group_count_until_the_last_unpin():
+    off = two()
+    add(off, "asr", 2)
+    add(off, "vlm", 3)
+    add(off, "big", 5)
+    add(off, "filler", 4)
+    off.pin("vlm", group="s")
+    off.pin("asr", group="s")
+    off.pin("asr", group="s")  # e.g. two pins from the same session
+    use(off, "vlm", "big", "filler")
+    assert where(off) == {"asr": "unloaded", "vlm": "cpu:0", "big": "cpu:1", "filler": "cpu:0"}
+    off.unpin("asr", group="s")
+    use(off, "asr")  # still in the group: joins vlm although cpu:1 has more room
+    assert off.device_of("asr") == "cpu:0"
+    off.unpin("asr", group="s")
+    off.unpin("asr", group="s")  # one more than pinned: ignored
+    off.evict("asr")
+    use(off, "asr")
+    assert off.device_of("asr") == "cpu:1"
+    off.unpin("vlm", group="other")  # a group it is not in: the pin still goes
+    assert [m["pinned"] for m in off.snapshot()["models"]] == [0, 0, 0, 0]
+
+
+def test_a_member_that_would_push_its_group_out_goes_elsewhere(caplog):
+    import logging
+
+    off = two()
+    add(off, "a", 4)
+    add(off, "b", 8)
+    off.pin("a", group="s")
+    off.pin("b", group="s")
+    use(off, "a")  # cpu:0
+    caplog.set_level(logging.WARNING, logger="enfoads.vram")
+    use(off, "b")  # on cpu:0 it would evict a, its own group: cpu:1
+    assert where(off) == {"a": "cpu:0", "b": "cpu:1"}
+    assert [r.getMessage() for r in caplog.records] == ["b cannot join its group on cpu:0: placed on cpu:1"]
+
+
+def test_the_first_member_goes_where_the_whole_group_fits_even_exactly():
+    off = two()
+    for name, gb in (("held0", 4), ("held1", 5), ("idle0", 4), ("asr", 2), ("vlm", 4)):
+        add(off, name, gb)
+    use(off, "held0", "held1", "idle0")
+    assert where(off) == {"held0": "cpu:0", "held1": "cpu:1", "idle0": "cpu:0", "asr": "unloaded", "vlm": "unloaded"}
+    off.pin("asr", group="s")
+    off.pin("vlm", group="s")
+    with off.acquire("held0"), off.acquire("held1"):
+        use(off, "asr")  # the group needs 6 GB: cpu:0 has 2 free + 4 idle, cpu:1 only 5 (more room for asr alone)
+        assert off.device_of("asr") == "cpu:0"
+        use(off, "vlm")
+    assert where(off)["vlm"] == "cpu:0" and where(off)["idle0"] == "cpu"
+
+
+def test_a_member_joins_the_device_holding_most_of_its_group():
+    off = two()
+    for name, gb in (("m1", 3), ("m2", 2), ("m3", 2), ("new", 1)):
+        add(off, name, gb)
+    use(off, "m1", "m2", "m3")
+    assert where(off) == {"m1": "cpu:0", "m2": "cpu:1", "m3": "cpu:1", "new": "unloaded"}
+    for name in ("m1", "m2", "m3", "new"):
+        off.pin(name, group="g")
+    use(off, "new")  # 4 GB of the group on cpu:1, 3 on cpu:0
+    assert off.device_of("new") == "cpu:1"
+
+    off = two()
+    for name, gb in (("m1", 3), ("m2", 3), ("x", 2), ("new", 1)):
+        add(off, name, gb)
+    use(off, "m1", "m2", "x")
+    assert where(off) == {"m1": "cpu:0", "m2": "cpu:1", "x": "cpu:0", "new": "unloaded"}
+    for name in ("m1", "m2", "new"):
+        off.pin(name, group="g")
+    use(off, "new")  # 3 GB of the group on each: the first device, although cpu:1 has more room
+    assert off.device_of("new") == "cpu:0"
+
+
+def test_a_one_byte_member_still_anchors_its_group():
+    off = two()
+    add(off, "filler", 1)
+    off.register("tiny", lambda d: Torchish("tiny", d, []), runtime="torch", estimate_bytes=1)
+    add(off, "new", 1)
+    use(off, "filler", "tiny")  # tiny: cpu:1 has more room
+    off.unload("filler")
+    assert where(off) == {"filler": "unloaded", "tiny": "cpu:1", "new": "unloaded"}
+    off.pin("tiny", group="g")
+    off.pin("new", group="g")
+    use(off, "new")  # cpu:0 has one byte more room, but the group is on cpu:1
+    assert off.device_of("new") == "cpu:1"
+
+
+def test_oom_twice_while_running_names_the_busy_models_of_that_device_only():
+    off = two()
+    for name in ("run", "held1", "held2", "other"):
+        add(off, name, 2)
+    use(off, "run", "other", "held1")  # run: cpu:0, other: cpu:1, held1: cpu:0
+    add(off, "held2", 2)
+    use(off, "held2")  # cpu:1 has more room now
+    assert where(off) == {"run": "cpu:0", "held1": "cpu:0", "held2": "cpu:1", "other": "cpu:1"}
+
+    def always(model):
+        raise oom()
+
+    with off.acquire("held1"), off.acquire("other"):
+        with pytest.raises(VramError) as info:
+            off.run("run", always)
+    assert str(info.value) == (
+        "out of GPU memory running run on cpu:0 (model 2.0 GB), even after evicting 0 idle model(s); other models in"
+        " use: held1. Try a smaller request (resolution, batch, length).")
+
+
+def test_a_model_measured_larger_than_estimated_evicts_on_its_own_device():
+    free = {"cpu:0": 10 * GB, "cpu:1": 10 * GB}
+    off = VramOffloader(devices=[DeviceSpec(d, 10 * GB, (lambda d=d: (free[d], 10 * GB))) for d in free],
+                        gc_collect=False)
+
+    def reg(name, real, estimate):
+        def load(device):
+            free[where_to[name]] -= real
+            return Torchish(name, device, [])
+
+        off.register(name, load, runtime="onnx", estimate_bytes=estimate,
+                     unload=lambda obj: free.__setitem__(where_to[name], free[where_to[name]] + real))
+
+    where_to = {"old1": "cpu:1", "a": "cpu:0", "big": "cpu:0"}
+    reg("a", 3 * GB, 3 * GB)
+    reg("old1", 2 * GB, 2 * GB)
+    reg("big", 8 * GB, 2 * GB)
+    use(off, "a", "old1")  # a: cpu:0; old1: cpu:1 (more room)
+    use(off, "a")  # a used again: old1, on the other device, is the least recently used model anywhere
+    assert where(off) == {"a": "cpu:0", "old1": "cpu:1", "big": "unloaded"}
+    where_to["big"] = "cpu:0"
+    off.pin("big", group="g")
+    off.pin("a", group="g")  # big joins a on cpu:0: estimated 2 GB it fits; measured 8 GB it does not
+    use(off, "big")  # over cpu:0's budget: a goes, not old1 (on cpu:1, where there is no excess)
+    assert where(off) == {"a": "unloaded", "old1": "cpu:1", "big": "cpu:0"}
+
+
+def test_a_re_registered_model_keeps_its_group():
+    off = two()
+    add(off, "asr", 2)
+    add(off, "vlm", 3)
+    add(off, "big", 5)
+    add(off, "filler", 4)
+    off.pin("asr", group="s")
+    off.pin("vlm", group="s")
+    use(off, "vlm", "big", "filler")  # vlm and filler on cpu:0, big on cpu:1 (more room there now)
+    add(off, "asr", 2)  # e.g. a new revision of the model: pins and group carry over
+    use(off, "asr")
+    assert off.device_of("asr") == "cpu:0"
+    off.unpin("asr", group="s")
+    assert [m["pinned"] for m in off.snapshot()["models"]] == [0, 1, 0, 0]
