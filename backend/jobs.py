@@ -448,6 +448,7 @@ class JobManager:
             result = self._handlers[job.kind](job.params, ctx)
             if ctx.cancelled:
                 raise Cancelled(job_id)
+            result = _storable(result or {})
         except Cancelled:
             shutil.rmtree(ctx.output_dir, ignore_errors=True)
             self._finish(job_id, CANCELLED, message="cancelled")
@@ -461,7 +462,7 @@ class JobManager:
                          error={"kind": getattr(exc, "kind", "internal"), "message": message})
         else:
             self._durations[job.lane].append(time.time() - started)
-            self._finish(job_id, SUCCEEDED, message="done", result=result or {}, progress=1.0)
+            self._finish(job_id, SUCCEEDED, message="done", result=result, progress=1.0)
 
     def _finish(self, job_id: str, status: str, *, message: str = "", result: dict | None = None,
                 error: dict | None = None, progress: float | None = None) -> None:
@@ -501,6 +502,16 @@ class JobManager:
                 fn(job)
             except Exception:
                 log.exception("job listener failed")
+
+
+def _storable(result: dict) -> dict:
+    """The result as SQLite keeps it (JSON), or an error saying why it cannot be: a job whose end cannot be
+    saved would read "running" forever, its caller waiting."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise RuntimeError(f"the job's result could not be saved: {exc}") from exc
+    return result
 
 
 def _describe(exc: Exception) -> str:

@@ -918,3 +918,26 @@ def test_a_failing_sweep_does_not_stop_the_worker(manager, monkeypatch):
     m.register("echo", lambda params, ctx: {})
     m.start()
     assert m.wait(m.submit("echo", {}, "o").id, 10).status == SUCCEEDED
+
+
+def _circular():
+    result = {}
+    result["self"] = result
+    return result
+
+
+@pytest.mark.parametrize("result, why", [({"labels": {"a", "b"}}, "Object of type set is not JSON serializable"),
+                                         (_circular(), "Circular reference detected")])
+def test_a_result_that_cannot_be_saved_fails_the_job_instead_of_leaving_it_running(manager, result, why):
+    """A handler's result is stored as JSON: one that is not (a numpy number, a set) must not leave its job
+    "running" forever with its caller waiting."""
+    m = manager()
+    m.register("odd", lambda params, ctx: result)
+    m.register("echo", lambda params, ctx: {"ok": True})
+    m.start()
+    job = m.wait(m.submit("odd", {}, "o").id, 10)
+    assert job.status == FAILED and job.result is None
+    assert job.message == f"the job's result could not be saved: {why}"
+    assert job.error == {"kind": "internal", "message": job.message}
+    assert statuses(m, job.id)[-1] == FAILED
+    assert m.wait(m.submit("echo", {}, "o").id, 10).result == {"ok": True}
