@@ -13,7 +13,7 @@ import pytest
 
 from backend.jobs import (BATCH, CANCELLED, FAILED, INTERACTIVE, INTERRUPTED, PAUSED, QUEUED, RUNNING, SUCCEEDED,
                           Job, JobManager, JobStore, QueueFull)
-from services.errors import InvalidInput, Unprocessable
+from services.errors import Cancelled, InvalidInput, Unprocessable
 from services.vram import Runtime, VramOffloader
 
 GB = 1024**3
@@ -126,6 +126,8 @@ def test_interactive_job_runs_at_the_batch_jobs_next_checkpoint(manager):
     assert states[paused + 1] == ("running", "resumed")
     progress = [p for jid, _, p, _ in m.events if jid == b.id]
     assert progress == sorted(progress)  # monotonic through the pause
+    assert states[paused + 2:] == [("running", "step 2"), ("running", "step 3"), ("running", "step 4"),
+                                   ("succeeded", "done")]  # progress events go on after the pause
 
 
 def test_interactive_jobs_run_first_when_both_lanes_wait(manager):
@@ -174,7 +176,7 @@ def test_cancel_while_paused_cancels_at_resume_and_leaves_no_files(manager):
 
     def canceller(params, ctx):
         job = m.get(ids["batch"])
-        log.append(job.status)  # what GET /jobs/<id> shows meanwhile
+        log.append((job.status, job.message))  # what GET /jobs/<id> shows meanwhile
         m.cancel(ids["batch"])
 
     def writing_batch(params, ctx):
@@ -191,7 +193,7 @@ def test_cancel_while_paused_cancels_at_resume_and_leaves_no_files(manager):
     batch.gates[0].set()
     job = m.wait(ids["batch"], 10)
     assert job.status == CANCELLED
-    assert log == ["batch0", PAUSED]
+    assert log == ["batch0", (PAUSED, "paused: 1 interactive job(s) first")]
     assert not (m.outputs_dir / ids["batch"]).exists()
 
 
@@ -420,6 +422,8 @@ def test_a_job_goes_queued_running_succeeded_with_its_result(manager, clock):
     handler, entered, gate = gated()
 
     def timed(params, ctx):
+        assert ctx.params == params == {"x": 7} and ctx.lane == INTERACTIVE
+        assert ctx.output_dir == m.outputs_dir / ctx.job_id
         out = handler(params, ctx)
         clock.now += 3.0
         return out
@@ -616,7 +620,11 @@ def test_cancel_a_running_job_stops_it_at_its_next_checkpoint_and_drops_its_file
         entered.set()
         assert gate.wait(10)
         after.append(ctx.cancelled)
-        ctx.progress(0.5)
+        try:
+            ctx.progress(0.5)
+        except Cancelled as exc:  # a handler may clean up and log it
+            after.append(str(exc))
+            raise
         after.append("went on")
         return {}
 
@@ -629,7 +637,7 @@ def test_cancel_a_running_job_stops_it_at_its_next_checkpoint_and_drops_its_file
     gate.set()
     done = m.wait(job.id, 10)
     assert (done.status, done.message, done.result) == (CANCELLED, "cancelled", None)
-    assert after == [True]
+    assert after == [True, f"job {job.id} was cancelled"]
     assert not (m.outputs_dir / job.id).exists() and not upload.exists()
 
 
