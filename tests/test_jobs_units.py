@@ -18,6 +18,7 @@ from services.vram import Runtime, VramOffloader
 
 GB = 1024**3
 T0 = 1_000_000.0
+WAIT = 5  # seconds: a job here takes milliseconds; a broken one should fail the test soon
 
 
 class Clock(types.SimpleNamespace):
@@ -68,7 +69,7 @@ class Batch:
         for i in range(self.steps):
             self.log.append(f"batch{i}")
             self.at_step[i].set()
-            assert self.gates[i].wait(10)
+            assert self.gates[i].wait(WAIT)
             ctx.progress((i + 1) / self.steps, f"step {i + 1}")
         return {"steps": self.steps}
 
@@ -113,13 +114,13 @@ def test_interactive_job_runs_at_the_batch_jobs_next_checkpoint(manager):
     m.register("tts", quick(log, "tts"))
     m.start()
     b = m.submit("video", {}, "o", lane=BATCH)
-    assert batch.at_step[0].wait(10)
+    assert batch.at_step[0].wait(WAIT)
     t = m.submit("tts", {}, "o")  # lane interactive
     batch.gates[0].set()  # the batch job reaches its first checkpoint
-    assert m.wait(t.id, 10).status == SUCCEEDED
+    assert m.wait(t.id, WAIT).status == SUCCEEDED
     assert m.get(b.id).status != SUCCEEDED  # the short job did not wait for the long one
     batch.release_all()
-    assert m.wait(b.id, 10).status == SUCCEEDED
+    assert m.wait(b.id, WAIT).status == SUCCEEDED
     assert log == ["batch0", "tts", "batch1", "batch2", "batch3"]
     states = [(s, msg) for jid, s, _, msg in m.events if jid == b.id]
     paused = states.index((PAUSED, "paused: 1 interactive job(s) first"))
@@ -138,7 +139,7 @@ def test_interactive_jobs_run_first_when_both_lanes_wait(manager):
     b = m.submit("video", {}, "o", lane=BATCH)
     t = m.submit("tts", {}, "o")
     m.start()
-    assert m.wait(b.id, 10).status == SUCCEEDED and m.wait(t.id, 10).status == SUCCEEDED
+    assert m.wait(b.id, WAIT).status == SUCCEEDED and m.wait(t.id, WAIT).status == SUCCEEDED
     assert log == ["tts", "video"]
 
 
@@ -159,12 +160,12 @@ def test_a_batch_job_advances_between_bursts(manager):
     m.register("tts", lambda params, ctx: log.append(params.get("n", "q")) or {})
     m.start()
     b = m.submit("video", {}, "o", lane=BATCH)
-    assert batch.at_step[0].wait(10)
+    assert batch.at_step[0].wait(WAIT)
     m.submit("first", {}, "o")
     m.submit("tts", {"n": "q2"}, "o")
     m.submit("tts", {"n": "q3"}, "o")
     batch.release_all()
-    assert m.wait(b.id, 10).status == SUCCEEDED
+    assert m.wait(b.id, WAIT).status == SUCCEEDED
     assert log == ["batch0", "q1", "q2", "batch1", "q3", "late", "batch2"]
 
 
@@ -188,10 +189,10 @@ def test_cancel_while_paused_cancels_at_resume_and_leaves_no_files(manager):
     m.register("cancel", canceller)
     m.start()
     ids["batch"] = m.submit("video", {}, "o", lane=BATCH).id
-    assert batch.at_step[0].wait(10)
+    assert batch.at_step[0].wait(WAIT)
     m.submit("cancel", {}, "o")
     batch.gates[0].set()
-    job = m.wait(ids["batch"], 10)
+    job = m.wait(ids["batch"], WAIT)
     assert job.status == CANCELLED
     assert log == ["batch0", (PAUSED, "paused: 1 interactive job(s) first")]
     assert not (m.outputs_dir / ids["batch"]).exists()
@@ -261,7 +262,7 @@ def test_a_paused_jobs_models_are_pinned_until_it_resumes(manager):
     b = m.submit("video", {}, "o", lane=BATCH)
     m.submit("look", {}, "o")  # queued first, so it runs first: nothing is pinned yet
     m.start()
-    assert m.wait(b.id, 10).status == SUCCEEDED
+    assert m.wait(b.id, WAIT).status == SUCCEEDED
     # a second round with the batch job running when the interactive job arrives
     gate = threading.Event()
     started = threading.Event()
@@ -270,17 +271,17 @@ def test_a_paused_jobs_models_are_pinned_until_it_resumes(manager):
         with vram.acquire("swapper"):
             pass
         started.set()
-        gate.wait(10)
+        gate.wait(WAIT)
         ctx.progress(0.5)
         ctx.progress(1.0)
         return {}
 
     m.register("slow", slow_batch)
     s = m.submit("slow", {}, "o", lane=BATCH)
-    assert started.wait(10)
+    assert started.wait(WAIT)
     m.submit("look", {}, "o")
     gate.set()
-    assert m.wait(s.id, 10).status == SUCCEEDED
+    assert m.wait(s.id, WAIT).status == SUCCEEDED
     assert seen[0] == {"swapper": 0, "other": 0}
     assert seen[-1] == {"swapper": 1, "other": 0}
     assert {e["name"]: e["pinned"] for e in vram.snapshot()["models"]} == {"swapper": 0, "other": 0}
@@ -361,7 +362,8 @@ def test_recover_fails_interrupted_jobs_drops_their_uploads_and_returns_queued_o
     files = {name: tmp_path / name for name in ("running.wav", "paused.mp4", "queued.png")}
     for f in files.values():
         f.write_bytes(b"x")
-    store.insert(Job(id="r", kind="tts", owner="o", status=RUNNING, uploads=[str(files["running.wav"])]))
+    store.insert(Job(id="r", kind="tts", owner="o", status=RUNNING,
+                     uploads=[str(tmp_path / "already-gone.wav"), str(files["running.wav"])]))
     store.insert(Job(id="p", kind="video", owner="o", status=PAUSED, lane=BATCH, uploads=[str(files["paused.mp4"])]))
     store.insert(Job(id="q-new", kind="tts", owner="o", created_at=20.0, uploads=[str(files["queued.png"])]))
     store.insert(Job(id="q-old", kind="video", owner="o", created_at=10.0, lane=BATCH))
@@ -405,7 +407,7 @@ def gated(log=None):
 
     def handler(params, ctx):
         entered.set()
-        assert gate.wait(10)
+        assert gate.wait(WAIT)
         if log is not None:
             log.append(ctx.job_id)
         return {"echo": params.get("x")}
@@ -434,11 +436,11 @@ def test_a_job_goes_queued_running_succeeded_with_its_result(manager, clock):
     assert (job.status, job.message, job.owner, job.lane, job.params) == (QUEUED, "queued", "ana", INTERACTIVE,
                                                                          {"x": 7})
     assert len(job.id) == 32 and int(job.id, 16) >= 0 and job.id != m.submit("echo", {}, "ana").id
-    assert entered.wait(10)
+    assert entered.wait(WAIT)
     running = m.get(job.id)
     assert (running.status, running.message, running.started_at, running.finished_at) == (RUNNING, "running", T0, None)
     gate.set()
-    done = m.wait(job.id, 10)
+    done = m.wait(job.id, WAIT)
     assert (done.status, done.message, done.progress, done.result, done.error) == (SUCCEEDED, "done", 1.0, {"echo": 7},
                                                                                   None)
     assert (done.started_at, done.finished_at) == (T0, T0 + 3.0)
@@ -453,7 +455,7 @@ def test_a_handler_returning_nothing_succeeds_with_an_empty_result(manager):
     m = manager()
     m.register("quiet", lambda params, ctx: None)
     m.start()
-    job = m.wait(m.submit("quiet", {}, "o").id, 10)
+    job = m.wait(m.submit("quiet", {}, "o").id, WAIT)
     assert job.status == SUCCEEDED and job.result == {}
 
 
@@ -469,12 +471,12 @@ def test_service_errors_fail_the_job_with_their_kind_param_and_code(manager):
     m.register("swap", no_face)
     m.register("empty", empty)
     m.start()
-    job = m.wait(m.submit("swap", {}, "o").id, 10)
+    job = m.wait(m.submit("swap", {}, "o").id, WAIT)
     assert (job.status, job.message, job.result) == (FAILED, "no face found in source image", None)
     assert job.error == {"kind": "unprocessable", "message": "no face found in source image", "param": "source",
                          "code": "no_face"}
     assert job.finished_at is not None and statuses(m, job.id)[-1] == FAILED
-    job = m.wait(m.submit("empty", {}, "o").id, 10)
+    job = m.wait(m.submit("empty", {}, "o").id, WAIT)
     assert (job.status, job.message, job.error["kind"]) == (FAILED, "failed", "invalid")
 
 
@@ -496,9 +498,9 @@ def test_a_crashing_handler_fails_its_job_alone_saying_what_broke(manager, exc, 
     m.register("crash", crash)
     m.register("echo", lambda params, ctx: {"ok": True})
     m.start()
-    job = m.wait(m.submit("crash", {}, "o").id, 10)
+    job = m.wait(m.submit("crash", {}, "o").id, WAIT)
     assert (job.status, job.message, job.error) == (FAILED, message, {"kind": kind, "message": message})
-    assert m.wait(m.submit("echo", {}, "o").id, 10).result == {"ok": True}  # the worker lives on
+    assert m.wait(m.submit("echo", {}, "o").id, WAIT).result == {"ok": True}  # the worker lives on
 
 
 def test_a_failing_listener_neither_stops_the_others_nor_the_job(manager):
@@ -512,7 +514,7 @@ def test_a_failing_listener_neither_stops_the_others_nor_the_job(manager):
     m.add_listener(lambda job: seen.append(job.status))
     m.register("echo", lambda params, ctx: {})
     m.start()
-    assert m.wait(m.submit("echo", {}, "o").id, 10).status == SUCCEEDED
+    assert m.wait(m.submit("echo", {}, "o").id, WAIT).status == SUCCEEDED
     assert seen == [QUEUED, RUNNING, SUCCEEDED]
 
 
@@ -542,7 +544,7 @@ def test_progress_is_clamped_events_all_go_out_and_the_database_gets_one_write_a
     m.register("steps", steps)
     m.start()
     job = m.submit("steps", {}, "o")
-    assert m.wait(job.id, 10).status == SUCCEEDED
+    assert m.wait(job.id, WAIT).status == SUCCEEDED
     assert stored == [(0.0, "start"), (0.0, "start"), (0.6, "running"), (1.0, "final"), (1.0, "over")]
     live = [(p, msg) for jid, s, p, msg in m.events if jid == job.id and s == RUNNING]
     assert live == [(0.0, "running"), (0.0, "start"), (0.4, "step"), (0.6, "step"), (1.0, "final"), (1.0, "over")]
@@ -554,10 +556,10 @@ def test_wait_returns_the_job_as_it_is_when_the_timeout_passes(manager):
     m.register("slow", handler)
     m.start()
     job = m.submit("slow", {}, "o")
-    assert entered.wait(10)
+    assert entered.wait(WAIT)
     assert m.wait(job.id, 0.01).status == RUNNING
     gate.set()
-    assert m.wait(job.id, 10).status == SUCCEEDED
+    assert m.wait(job.id, WAIT).status == SUCCEEDED
     assert m.wait("no-such-job", 0.01) is None
 
 
@@ -575,13 +577,13 @@ def test_nothing_is_kept_in_memory_for_finished_jobs(manager):
     m.register("fail", lambda params, ctx: 1 / 0)
     m.start()
     running = m.submit("slow", {}, "o")
-    assert entered.wait(10)
+    assert entered.wait(WAIT)
     queued = m.submit("step", {}, "o")
     m.cancel(queued.id)
     m.cancel(running.id)
     gate.set()
     jobs = [running, queued, m.submit("step", {}, "o"), m.submit("fail", {}, "o")]
-    assert [m.wait(j.id, 10).status for j in jobs] == [CANCELLED, CANCELLED, SUCCEEDED, FAILED]
+    assert [m.wait(j.id, WAIT).status for j in jobs] == [CANCELLED, CANCELLED, SUCCEEDED, FAILED]
     assert (m._done, m._cancel_requested, m._last_write, m._live) == ({}, set(), {}, {})
 
 
@@ -599,9 +601,9 @@ def test_cancel_a_queued_job_it_never_runs_and_its_uploads_go(manager, tmp_path)
     assert (cancelled.status, cancelled.message) == (CANCELLED, "cancelled before it started")
     assert cancelled.finished_at is not None and not upload.exists()
     assert statuses(m, job.id) == [QUEUED, CANCELLED] and m.queue_length() == 1
-    assert m.wait(job.id, 10).status == CANCELLED
+    assert m.wait(job.id, WAIT).status == CANCELLED
     m.start()
-    assert m.wait(other.id, 10).status == SUCCEEDED
+    assert m.wait(other.id, WAIT).status == SUCCEEDED
     assert log == [other.id]
     assert m.cancel(job.id) == cancelled  # finished: unchanged
     assert m.cancel(other.id).status == SUCCEEDED
@@ -618,7 +620,7 @@ def test_cancel_a_running_job_stops_it_at_its_next_checkpoint_and_drops_its_file
         ctx.output_dir.mkdir(parents=True)
         (ctx.output_dir / "partial.mp4").write_bytes(b"x")
         entered.set()
-        assert gate.wait(10)
+        assert gate.wait(WAIT)
         after.append(ctx.cancelled)
         try:
             ctx.progress(0.5)
@@ -631,11 +633,11 @@ def test_cancel_a_running_job_stops_it_at_its_next_checkpoint_and_drops_its_file
     m.register("render", render)
     m.start()
     job = m.submit("render", {}, "o", uploads=[str(upload)])
-    assert entered.wait(10)
+    assert entered.wait(WAIT)
     assert (m.outputs_dir / job.id / "partial.mp4").exists()
     assert m.cancel(job.id).status == RUNNING  # asked: it stops at its next checkpoint
     gate.set()
-    done = m.wait(job.id, 10)
+    done = m.wait(job.id, WAIT)
     assert (done.status, done.message, done.result) == (CANCELLED, "cancelled", None)
     assert after == [True, f"job {job.id} was cancelled"]
     assert not (m.outputs_dir / job.id).exists() and not upload.exists()
@@ -647,10 +649,10 @@ def test_a_handler_that_never_checks_still_ends_cancelled(manager):
     m.register("deaf", handler)
     m.start()
     job = m.submit("deaf", {"x": 1}, "o")
-    assert entered.wait(10)
+    assert entered.wait(WAIT)
     m.cancel(job.id)
     gate.set()
-    done = m.wait(job.id, 10)
+    done = m.wait(job.id, WAIT)
     assert (done.status, done.result) == (CANCELLED, None)
 
 
@@ -695,11 +697,11 @@ def test_by_default_a_pause_runs_at_most_eight_interactive_jobs(manager):
     m.register("tts", lambda params, ctx: log.append(params["n"]) or {})
     m.start()
     b = m.submit("video", {}, "o", lane=BATCH)
-    assert batch.at_step[0].wait(10)
+    assert batch.at_step[0].wait(WAIT)
     for n in range(9):
         m.submit("tts", {"n": n}, "o")
     batch.release_all()
-    assert m.wait(b.id, 10).status == SUCCEEDED
+    assert m.wait(b.id, WAIT).status == SUCCEEDED
     assert log == ["batch0", *range(8), "batch1", 8, "batch2"]
 
 
@@ -713,12 +715,12 @@ def test_a_job_cancelled_while_waiting_in_a_burst_is_skipped_and_the_burst_goes_
     m.register("canceller", lambda params, ctx: log.append("cancel") or m.cancel(queued["victim"]) and {})
     m.start()
     b = m.submit("video", {}, "o", lane=BATCH)
-    assert batch.at_step[0].wait(10)
+    assert batch.at_step[0].wait(WAIT)
     m.submit("canceller", {}, "o")
     queued["victim"] = m.submit("tts", {"n": "victim"}, "o").id
     m.submit("tts", {"n": "after"}, "o")
     batch.release_all()
-    assert m.wait(b.id, 10).status == SUCCEEDED
+    assert m.wait(b.id, WAIT).status == SUCCEEDED
     assert log == ["batch0", "cancel", "after", "batch1"]
     assert m.get(queued["victim"]).status == CANCELLED
 
@@ -731,7 +733,7 @@ def test_jobs_run_on_the_worker_thread_and_progress_from_a_helper_thread_does_no
     def video(params, ctx):
         threads.append(threading.current_thread())
         entered.set()
-        assert gate.wait(10)
+        assert gate.wait(WAIT)
         helper = threading.Thread(target=ctx.progress, args=(0.5,))
         helper.start()
         helper.join()
@@ -749,10 +751,10 @@ def test_jobs_run_on_the_worker_thread_and_progress_from_a_helper_thread_does_no
     m.register("tts", tts)
     m.start()
     b = m.submit("video", {}, "o", lane=BATCH)
-    assert entered.wait(10)
+    assert entered.wait(WAIT)
     m.submit("tts", {}, "o")
     gate.set()
-    assert m.wait(b.id, 10).status == SUCCEEDED
+    assert m.wait(b.id, WAIT).status == SUCCEEDED
     assert log == ["after helper", "tts", "end"]
     assert threads[0] is threads[1] and threads[0].name == "enfoads-gpu-worker" and threads[0].daemon
 
@@ -772,8 +774,8 @@ def test_starting_twice_keeps_one_worker(manager):
     m.start()
     m.start()
     a, b = m.submit("job", {}, "o"), m.submit("job", {}, "o")
-    assert m.wait(a.id, 10).result == {"together": False}
-    assert m.wait(b.id, 10).result == {"together": False}
+    assert m.wait(a.id, WAIT).result == {"together": False}
+    assert m.wait(b.id, WAIT).result == {"together": False}
 
 
 def test_stop_lets_the_running_job_finish_starts_nothing_new_and_a_restart_runs_the_rest(manager, wait_for, tmp_path):
@@ -784,18 +786,18 @@ def test_stop_lets_the_running_job_finish_starts_nothing_new_and_a_restart_runs_
     m.register("tts", lambda params, ctx: log.append("tts") or {})
     m.start()
     b = m.submit("video", {}, "o", lane=BATCH)
-    assert batch.at_step[0].wait(10)
+    assert batch.at_step[0].wait(WAIT)
     t = m.submit("tts", {}, "o")
     stopper = threading.Thread(target=m.stop)
     stopper.start()
     wait_for(lambda: m._stopping)
     batch.release_all()
-    stopper.join(10)
+    stopper.join(WAIT)
     assert not stopper.is_alive()
     assert m.get(b.id).status == SUCCEEDED and m.get(t.id).status == QUEUED
     assert log == ["batch0", "batch1"]
     m.start()  # stopped and started again: the queued job runs
-    assert m.wait(t.id, 10).status == SUCCEEDED and log[-1] == "tts"
+    assert m.wait(t.id, WAIT).status == SUCCEEDED and log[-1] == "tts"
 
 
 # --------------------------------------------------------------------------- restart
@@ -812,8 +814,8 @@ def test_queued_jobs_run_again_after_a_restart_and_results_survive_it(manager, c
     with caplog.at_level(logging.INFO, logger="enfoads.jobs"):
         second.start()
     assert "resuming 2 queued job(s) after restart" in caplog.text
-    assert second.wait(a.id, 10).result == {"x": 10}
-    assert second.wait(b.id, 10).result == {"x": 20} and second.get(b.id).lane == BATCH
+    assert second.wait(a.id, WAIT).result == {"x": 10}
+    assert second.wait(b.id, WAIT).result == {"x": 20} and second.get(b.id).lane == BATCH
     second.stop()
     second.store.close()
     third = manager()
@@ -848,7 +850,7 @@ def test_a_job_submitted_before_start_runs_once_beside_the_recovered_ones(manage
     m.register("echo", lambda params, ctx: log.append(ctx.job_id) or {})
     early = m.submit("echo", {}, "o")  # older than the recovered one: found first by recover()
     m.start()
-    assert m.wait(early.id, 10).status == SUCCEEDED and m.wait("recovered", 10).status == SUCCEEDED
+    assert m.wait(early.id, WAIT).status == SUCCEEDED and m.wait("recovered", WAIT).status == SUCCEEDED
     assert sorted(log) == sorted([early.id, "recovered"])
 
 
@@ -860,10 +862,10 @@ def test_queued_jobs_of_a_family_registered_late_wait_for_it(manager):
     m.register("echo", lambda params, ctx: {})
     m.start()
     m.register("other", lambda params, ctx: {})  # another family: the late job still waits
-    assert m.wait(m.submit("echo", {}, "o").id, 10).status == SUCCEEDED
+    assert m.wait(m.submit("echo", {}, "o").id, WAIT).status == SUCCEEDED
     assert m.get("late-job").status == QUEUED
     m.register("late", lambda params, ctx: {"late": True})
-    assert m.wait("late-job", 10).result == {"late": True}
+    assert m.wait("late-job", WAIT).result == {"late": True}
 
 
 def test_a_queued_job_whose_row_vanished_is_skipped(manager):
@@ -874,7 +876,7 @@ def test_a_queued_job_whose_row_vanished_is_skipped(manager):
     m.store.delete(gone.id)
     kept = m.submit("echo", {}, "o")
     m.start()
-    assert m.wait(kept.id, 10).status == SUCCEEDED and log == [kept.id]
+    assert m.wait(kept.id, WAIT).status == SUCCEEDED and log == [kept.id]
 
 
 # --------------------------------------------------------------------------- retention
@@ -891,7 +893,7 @@ def test_finished_jobs_and_their_files_expire_after_the_retention(manager, clock
 
     def between_jobs():  # the worker sweeps between jobs: after the first, before the second
         for _ in range(2):
-            assert m.wait(m.submit("echo", {}, "o").id, 10).status == SUCCEEDED
+            assert m.wait(m.submit("echo", {}, "o").id, WAIT).status == SUCCEEDED
 
     between_jobs()
     assert m.get("old") is None and not (m.outputs_dir / "old").exists()
@@ -913,7 +915,10 @@ def test_purge_expired_returns_what_it_deleted_and_keeps_everything_without_a_re
     assert m.purge_expired() == [] and m.get("ancient") is not None
     m.retention_s = 60.0
     m.store.insert(Job(id="fresh", kind="k", owner="o", status=SUCCEEDED, finished_at=T0 - 60))
-    assert m.purge_expired() == ["ancient"] and m.get("fresh") is not None
+    (m.outputs_dir / "ancient").mkdir(parents=True)  # a job that wrote no files has no folder to delete
+    m.store.insert(Job(id="no-files", kind="k", owner="o", status=FAILED, finished_at=2.0))
+    assert sorted(m.purge_expired()) == ["ancient", "no-files"] and m.get("fresh") is not None
+    assert not (m.outputs_dir / "ancient").exists()
 
 
 def test_a_failing_sweep_does_not_stop_the_worker(manager, monkeypatch):
@@ -925,7 +930,7 @@ def test_a_failing_sweep_does_not_stop_the_worker(manager, monkeypatch):
     monkeypatch.setattr(m.store, "delete_finished_before", broken)
     m.register("echo", lambda params, ctx: {})
     m.start()
-    assert m.wait(m.submit("echo", {}, "o").id, 10).status == SUCCEEDED
+    assert m.wait(m.submit("echo", {}, "o").id, WAIT).status == SUCCEEDED
 
 
 def _circular():
@@ -943,9 +948,58 @@ def test_a_result_that_cannot_be_saved_fails_the_job_instead_of_leaving_it_runni
     m.register("odd", lambda params, ctx: result)
     m.register("echo", lambda params, ctx: {"ok": True})
     m.start()
-    job = m.wait(m.submit("odd", {}, "o").id, 10)
+    job = m.wait(m.submit("odd", {}, "o").id, WAIT)
     assert job.status == FAILED and job.result is None
     assert job.message == f"the job's result could not be saved: {why}"
     assert job.error == {"kind": "internal", "message": job.message}
     assert statuses(m, job.id)[-1] == FAILED
-    assert m.wait(m.submit("echo", {}, "o").id, 10).result == {"ok": True}
+    assert m.wait(m.submit("echo", {}, "o").id, WAIT).result == {"ok": True}
+
+
+def test_an_idle_worker_sweeps_when_the_hour_comes(manager, clock, wait_for):
+    m = manager(retention_s=3600.0)
+    m.store.insert(Job(id="recent", kind="k", owner="o", status=SUCCEEDED, finished_at=T0 - 3599))
+
+    def handler(params, ctx):
+        clock.now += 10.0  # "recent" expires
+        clock.mono = 3600.5 - 0.05  # the first sweep ran at start (0.5): the next is due in 50 ms
+        return {}
+
+    m.register("echo", handler)
+    m.start()
+    assert m.wait(m.submit("echo", {}, "o").id, WAIT).status == SUCCEEDED
+    assert m.get("recent") is not None
+    clock.mono = 3600.5  # no job comes: the worker wakes up for the sweep by itself
+    wait_for(lambda: m.get("recent") is None, timeout=5)
+    assert m.wait(m.submit("echo", {}, "o").id, WAIT).status == SUCCEEDED  # and then still runs jobs
+
+
+def test_a_job_whose_upload_is_already_gone_still_finishes(manager, tmp_path):
+    m = manager()
+    upload = tmp_path / "in.wav"
+    upload.write_bytes(b"x")
+
+    def consume(params, ctx):
+        upload.unlink()  # the handler moved or deleted its input itself
+        return {"ok": True}
+
+    m.register("consume", consume)
+    m.start()
+    job = m.wait(m.submit("consume", {}, "o", uploads=[str(upload)]).id, WAIT)
+    assert job.status == SUCCEEDED and job.result == {"ok": True}
+
+
+def test_stop_gives_up_waiting_for_a_job_after_its_timeout(manager):
+    m = manager()
+    handler, entered, gate = gated()
+    m.register("slow", handler)
+    m.start()
+    job = m.submit("slow", {}, "o")
+    assert entered.wait(WAIT)
+    stopper = threading.Thread(target=m.stop, kwargs={"timeout": 0.05})
+    stopper.start()
+    stopper.join(5)
+    stopped_in_time = not stopper.is_alive()
+    gate.set()
+    assert stopped_in_time
+    assert m.wait(job.id, WAIT).status == SUCCEEDED  # the job itself was not cut short
