@@ -987,6 +987,7 @@ def test_a_job_whose_upload_is_already_gone_still_finishes(manager, tmp_path):
     m.start()
     job = m.wait(m.submit("consume", {}, "o", uploads=[str(upload)]).id, WAIT)
     assert job.status == SUCCEEDED and job.result == {"ok": True}
+    assert statuses(m, job.id)[-1] == SUCCEEDED  # its end was announced
 
 
 def test_stop_gives_up_waiting_for_a_job_after_its_timeout(manager):
