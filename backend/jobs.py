@@ -199,13 +199,11 @@ class JobContext:
         self.lane = job.lane
         self.params = job.params
         self.output_dir = manager.outputs_dir / job.id
-        self.steps_since_resume = 0
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress; also the checkpoint where a batch job yields and where cancel is seen."""
         self._manager._progress(self.job_id, max(0.0, min(1.0, float(fraction))), message)
         self.check_cancelled()
-        self.steps_since_resume += 1
         if self.lane == BATCH:
             self._manager._yield_to_interactive(self)
         self.check_cancelled()
@@ -390,9 +388,10 @@ class JobManager:
             self._live.pop(job_id, None)
 
     def _yield_to_interactive(self, ctx: JobContext) -> None:
-        """At a batch job's checkpoint: run the interactive jobs waiting now, then return to it."""
-        if ctx.steps_since_resume < 1 or threading.current_thread() is not self._thread:
-            return  # fairness: one step between pauses; never run jobs on a handler's helper thread
+        """At a batch job's checkpoint: run the interactive jobs waiting now, then return to it. Fairness: it
+        returns to the batch job, which does one step of work before its next checkpoint."""
+        if threading.current_thread() is not self._thread:
+            return  # never run jobs on a handler's helper thread
         with self._cond:
             if self._stopping or not self._queues[INTERACTIVE]:
                 return
@@ -413,9 +412,6 @@ class JobManager:
             for name in pinned:
                 self.vram.unpin(name)
             self._set_state(ctx.job_id, RUNNING, "resumed")
-            ctx.steps_since_resume = 0
-            if job is not None:
-                self._live[ctx.job_id] = job
 
     def _pin_models_of(self, job: Job | None) -> list[str]:
         """Pin what the paused job used, so its resume finds it resident unless VRAM was needed."""
@@ -448,6 +444,7 @@ class JobManager:
             result = self._handlers[job.kind](job.params, ctx)
             if ctx.cancelled:
                 raise Cancelled(job_id)
+            result = _storable(result or {})
         except Cancelled:
             shutil.rmtree(ctx.output_dir, ignore_errors=True)
             self._finish(job_id, CANCELLED, message="cancelled")
@@ -461,7 +458,7 @@ class JobManager:
                          error={"kind": getattr(exc, "kind", "internal"), "message": message})
         else:
             self._durations[job.lane].append(time.time() - started)
-            self._finish(job_id, SUCCEEDED, message="done", result=result or {}, progress=1.0)
+            self._finish(job_id, SUCCEEDED, message="done", result=result, progress=1.0)
 
     def _finish(self, job_id: str, status: str, *, message: str = "", result: dict | None = None,
                 error: dict | None = None, progress: float | None = None) -> None:
@@ -501,6 +498,16 @@ class JobManager:
                 fn(job)
             except Exception:
                 log.exception("job listener failed")
+
+
+def _storable(result: dict) -> dict:
+    """The result as SQLite keeps it (JSON), or an error saying why it cannot be: a job whose end cannot be
+    saved would read "running" forever, its caller waiting."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise RuntimeError(f"the job's result could not be saved: {exc}") from exc
+    return result
 
 
 def _describe(exc: Exception) -> str:

@@ -111,7 +111,6 @@ class WorkerContext:
         self.lease = spec["lease"]
         self.params = spec["params"]
         self.output_dir = output_dir
-        self.steps_since_resume = 0
         self.cancel_seen = False
         self.lease_lost = False
         self._last_report = 0.0
@@ -121,7 +120,6 @@ class WorkerContext:
         if fraction >= 1.0 or now - self._last_report >= PROGRESS_EVERY_S:
             self._last_report = now
             self._runner.report(self, max(0.0, min(1.0, float(fraction))), message)
-        self.steps_since_resume += 1
         self.check_cancelled()
 
     @property
