@@ -35,7 +35,8 @@ MODULES: dict[str, list[str]] = {
     "services/whisper/timeline.py": ["tests/test_whisper_timeline.py"],
     # test_whisper_service.py and test_whisper_video.py also reach it, through a model: minutes per mutant
     "services/whisper/subtitles.py": ["tests/test_subtitles.py"],
-    "services/vita/vad.py": ["tests/test_vita_vad.py"],
+    # test_vita_vad_stream.py: the real Silero network under SileroStream and load_vad_model
+    "services/vita/vad.py": ["tests/test_vita_vad.py", "tests/test_vita_vad_stream.py"],
     # test_vita.py reaches it too, through Socket.IO and the tiny models: a server start per mutant
     "services/vita/session.py": ["tests/test_vita_session.py"],
     # test_tts.py reaches it too, through HTTP and the tiny Chatterbox server: a server start per mutant
@@ -57,6 +58,7 @@ MODULES: dict[str, list[str]] = {
 # Test files that import torch (directly or through the model code) run their mutants from a fork
 # server that never ran a test itself: forking a process whose torch thread pools are running can hang.
 TORCH_TESTS = {"tests/test_vita_units.py", "tests/test_vita_session.py", "tests/test_vita.py", "tests/test_vita_vad.py",
+               "tests/test_vita_vad_stream.py",
                "tests/test_tts.py", "tests/test_image.py", "tests/test_whisper_service.py", "tests/test_vram.py",
                "tests/test_vram_devices.py",
                "tests/test_restore_units.py"}

@@ -129,6 +129,25 @@ def test_generated_key_is_long_random_and_private(tmp_path):
     assert other != key
 
 
+def test_the_key_file_is_owner_only_whatever_the_umask(tmp_path):
+    """A permissive umask (0) must not leave the generated key readable by others, and a key file
+    copied in world-readable is made owner-only when it is loaded."""
+    from backend.auth import load_or_create_key
+
+    old = os.umask(0)
+    try:
+        load_or_create_key(tmp_path / "new", None)
+        assert stat.S_IMODE(os.stat(tmp_path / "new" / "api_key").st_mode) == 0o600
+        copied = tmp_path / "copied"
+        copied.mkdir()
+        (copied / "api_key").write_text("enf-copied\n")
+        os.chmod(copied / "api_key", 0o644)
+        assert load_or_create_key(copied, None) == "enf-copied"
+        assert stat.S_IMODE(os.stat(copied / "api_key").st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
 def test_an_empty_key_file_is_replaced(tmp_path):
     from backend.auth import load_or_create_key
 

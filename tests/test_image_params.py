@@ -111,6 +111,7 @@ def test_pose_fields_and_control_scale():
     assert ImageRequest.from_params(req.to_params()) == req
     refused("control_scale", "invalid_control_scale", "between 0 and 2 (got 2.01)", pose_image="/a", control_scale=2.01)
     refused("control_scale", "invalid_control_scale", "(got -0.5)", pose_image="/a", control_scale=-0.5)
-    refused("pose_reference", "invalid_parameter", "not both", pose_image="/a", pose_reference="/b")
+    err = refused("pose_reference", "invalid_parameter", pose_image="/a", pose_reference="/b")
+    assert err.message == "send either pose_image (a skeleton) or pose_reference (a photo), not both"
     req = build_request(LIMITS, prompt="x", seed=0, control_scale=1.0)
     assert req.pose_source == "" and req.warnings == ("control_scale is ignored without pose_image or pose_reference",)

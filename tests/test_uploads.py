@@ -9,7 +9,7 @@ import pytest
 from flask import Blueprint, request
 
 from backend.api import json_object
-from backend.uploads import save_upload, take_uploads
+from backend.uploads import input_file, save_upload, take_uploads
 from tests.conftest import API_KEY
 
 H = {"Authorization": f"Bearer {API_KEY}"}
@@ -34,6 +34,14 @@ def app(tmp_path_factory):
             return {"saved": None, "kept": kept}
         return {"saved": str(path), "name": path.name, "data": base64.b64encode(path.read_bytes()).decode(),
                 "kept": kept}
+
+    @bp.post("/test/input")
+    def take_input():
+        body = json_object() if request.is_json else None
+        asset = request.args.get("asset")
+        path = input_file("file", asset, json_body=body, required=request.args.get("required") != "0")
+        return {"path": None if path is None else str(path),
+                "data": None if path is None else base64.b64encode(path.read_bytes()).decode()}
 
     settings = load_settings(profile="smoke", data_dir=tmp_path_factory.mktemp("up") / "data", api_key=API_KEY,
                              device="cpu", port=0)
@@ -159,3 +167,67 @@ def test_uploads_a_job_took_outlive_the_request(app, client):
     assert uploads(app) == [body["name"]]
     r = as_json(client, base64.b64encode(PAYLOAD).decode(), keep="1")
     assert len(uploads(app)) == 2
+
+
+# ------------------------------------------------------------------ input_file / <field>_asset
+
+
+def job_with_output(app, owner_key=API_KEY, name="salida.png", data=b"\x89PNG-bytes"):
+    """A finished job of `owner_key`'s with one output file; returns (job id, file path)."""
+    import uuid
+
+    from backend.auth import owner_of
+    from backend.jobs import SUCCEEDED, Job
+
+    ctx = app.extensions["enfoads"]
+    job = Job(id=uuid.uuid4().hex, kind="image.generate", owner=owner_of(owner_key), status=SUCCEEDED)
+    ctx.jobs.store.insert(job)
+    folder = ctx.settings.outputs_dir / job.id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    return job.id, folder / name
+
+
+def test_an_asset_is_one_of_the_callers_own_job_outputs(app, client):
+    job_id, path = job_with_output(app)
+    r = client.post("/test/input", query_string={"asset": f"  {job_id}/salida.png "}, headers=H)
+    assert r.status_code == 200
+    assert r.get_json()["path"] == str(path)
+    assert base64.b64decode(r.get_json()["data"]) == b"\x89PNG-bytes"
+    assert uploads(app) == []  # nothing copied: the job's file itself
+
+
+def test_an_upload_wins_over_an_asset(app, client):
+    job_id, _ = job_with_output(app)
+    r = client.post("/test/input", query_string={"asset": f"{job_id}/salida.png"}, headers=H,
+                    data={"file": (io.BytesIO(b"subido"), "a.png")}, content_type="multipart/form-data")
+    assert base64.b64decode(r.get_json()["data"]) == b"subido"
+
+
+@pytest.mark.parametrize("asset, status, words", [
+    ("no-es-un-id/salida.png", 400, "no output 'no-es-un-id/salida.png' among your jobs"),
+    ("0123456789abcdef0123456789abcdef/salida.png", 404, "among your jobs (expected `<job_id>/<file name>`)"),
+    ("{job}/../{job}/salida.png", 400, "no output"),
+    ("{job}/otra.png", 404, "has no file 'otra.png'"),
+    ("{other}/salida.png", 404, "no output"),
+])
+def test_an_asset_that_is_not_the_callers_or_not_there_is_refused(app, client, asset, status, words):
+    job_id, _ = job_with_output(app)
+    other, _ = job_with_output(app, owner_key="enf-somebody-else")
+    r = client.post("/test/input", query_string={"asset": asset.format(job=job_id, other=other)}, headers=H)
+    code, err, param, message = error(r)
+    assert (code, err, param) == (status, "asset_not_found", "file_asset")
+    assert message.startswith("file_asset: ") and words in message
+    if "{job}/otra" in asset:
+        assert message == f"file_asset: job {job_id} has no file 'otra.png'"
+
+
+def test_a_missing_input_is_refused_naming_every_way_to_send_it(client):
+    code, err, param, message = error(client.post("/test/input", headers=H, json={}))
+    assert (code, err, param) == (400, "missing_file", "file")
+    assert message == ("file: a file is required (multipart field 'file', base64 in JSON, or file_asset)")
+
+
+def test_an_optional_input_may_be_absent(client):
+    r = client.post("/test/input", query_string={"required": "0"}, headers=H, json={})
+    assert r.status_code == 200 and r.get_json() == {"path": None, "data": None}

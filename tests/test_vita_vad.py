@@ -7,7 +7,7 @@ gets the same samples back in the utterance.
 """
 import numpy as np
 
-from services.vita.vad import WINDOW, SileroStream, SpeechSegmenter
+from services.vita.vad import END_THRESHOLD, WINDOW, SileroStream, SpeechSegmenter
 
 MS_PER_WINDOW = WINDOW / 16  # 32 ms at 16 kHz
 
@@ -45,6 +45,23 @@ def test_speech_starts_at_0_7_not_below():
     assert seg.push(track((0.1, 10), (0.699, 100), (0.6, 50), (0.5, 50))) == []
     assert not seg.in_speech
     assert kinds(seg.push(track((0.701, 1)))) == ["start"] and seg.in_speech
+
+
+class ExactProbability(ProbabilityIsTheSignal):
+    """Answers the window's first sample rounded to 4 decimals as a float64 (0.7 is exactly 0.7),
+    and 0.55 as the end threshold itself (0.7 - 0.15 in floating point, as VADIterator has it)."""
+
+    def run(self, outputs, feeds):
+        out, state = super().run(outputs, feeds)
+        p = round(float(out[0, 0]), 4)
+        return np.array([[END_THRESHOLD if p == 0.55 else p]]), state
+
+
+def test_a_probability_of_exactly_a_threshold_starts_speech_and_does_not_end_it():
+    seg = SpeechSegmenter(ExactProbability())
+    assert kinds(seg.push(track((0.1, 10), (0.7, 1)))) == ["start"]
+    assert seg.push(track((0.55, 100))) == [] and seg.in_speech  # 3.2 s at the end threshold: not below it
+    assert kinds(seg.push(track((0.5499, 17)))) == ["utterance"]
 
 
 def test_speech_goes_on_above_0_55_and_ends_below_it():
