@@ -39,7 +39,10 @@ def app(tmp_path_factory):
     def take_input():
         body = json_object() if request.is_json else None
         asset = request.args.get("asset")
-        path = input_file("file", asset, json_body=body, required=request.args.get("required") != "0")
+        if request.args.get("required") is None:  # the default: required
+            path = input_file("file", asset, json_body=body)
+        else:
+            path = input_file("file", asset, json_body=body, required=request.args.get("required") != "0")
         return {"path": None if path is None else str(path),
                 "data": None if path is None else base64.b64encode(path.read_bytes()).decode()}
 
@@ -220,6 +223,11 @@ def test_an_asset_that_is_not_the_callers_or_not_there_is_refused(app, client, a
     assert message.startswith("file_asset: ") and words in message
     if "{job}/otra" in asset:
         assert message == f"file_asset: job {job_id} has no file 'otra.png'"
+
+
+def test_an_input_may_come_as_base64_in_json(client):
+    r = client.post("/test/input", headers=H, json={"file": base64.b64encode(PAYLOAD).decode()})
+    assert r.status_code == 200 and base64.b64decode(r.get_json()["data"]) == PAYLOAD
 
 
 def test_a_missing_input_is_refused_naming_every_way_to_send_it(client):
