@@ -39,10 +39,20 @@ def test_stream_refuses_windows_the_network_does_not_take():
     from services.vita.vad import SileroStream, load_vad_model
 
     ours = SileroStream(load_vad_model().session)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^Silero VAD takes 512-sample windows at 16000 Hz$"):
         ours(np.zeros(256, np.float32), 16000)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^Silero VAD takes 512-sample windows at 16000 Hz$"):
         ours(np.zeros(512, np.float32), 8000)
+
+
+def test_stream_takes_a_window_of_any_float_type(speech):
+    from services.vita.vad import WINDOW, SileroStream, load_vad_model
+
+    session = load_vad_model().session
+    as32, as64 = SileroStream(session), SileroStream(session)
+    window = speech[WINDOW * 20:WINDOW * 21]
+    p32 = as32(window.astype(np.float32), 16000).item()
+    assert as64(window.astype(np.float64), 16000).item() == pytest.approx(p32, abs=1e-6)
 
 
 def test_utterances_are_cut_where_the_package_iterator_cuts(speech):

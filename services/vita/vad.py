@@ -50,7 +50,7 @@ class SileroStream:
         self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
         self.reset_states()
 
-    def reset_states(self, batch_size: int = 1) -> None:
+    def reset_states(self) -> None:
         self._state = np.zeros((2, 1, 128), np.float32)
         self._context = np.zeros((1, self.CONTEXT), np.float32)
 
