@@ -226,22 +226,28 @@ def watch_waits(off: VramOffloader) -> Waits:
     return off._cond
 
 
+def hold_until_one_waits(off: VramOffloader, waits: Waits, name: str) -> threading.Thread:
+    """A thread holding `name` until a request is waiting for it (then it lets go); returns once held."""
+    holding = threading.Event()
+
+    def hold():
+        with off.acquire(name):
+            holding.set()
+            waits.until(1)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert holding.wait(5)
+    return t
+
+
 def test_busy_wait_succeeds_when_released_in_time():
     lib = Lib()
     off = make(10)
     waits = watch_waits(off)
     reg_session(off, lib, "a", 6)
     reg_session(off, lib, "b", 6)
-    holding = threading.Event()
-
-    def hold():
-        with off.acquire("a"):
-            holding.set()
-            waits.until(1)  # b found a busy and is waiting for it
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert holding.wait(5)
+    t = hold_until_one_waits(off, waits, "a")
     with off.acquire("b", wait_s=30) as m:
         assert m.name == "b"
     t.join()
@@ -1623,16 +1629,7 @@ def test_run_waits_for_busy_models_when_asked():
     waits = watch_waits(off)
     reg_session(off, lib, "a", 6)
     reg_session(off, lib, "b", 6)
-    holding = threading.Event()
-
-    def hold():
-        with off.acquire("a"):
-            holding.set()
-            waits.until(1)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert holding.wait(5)
+    t = hold_until_one_waits(off, waits, "a")
     assert off.run("b", lambda m: m.name, wait_s=30) == "b"
     t.join()
 
@@ -1750,16 +1747,7 @@ def test_a_short_busy_wait_still_waits(monkeypatch):
     waits = watch_waits(off)
     reg_session(off, lib, "a", 6)
     reg_session(off, lib, "b", 6)
-    holding = threading.Event()
-
-    def hold():
-        with off.acquire("a"):
-            holding.set()
-            waits.until(1)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert holding.wait(5)
+    t = hold_until_one_waits(off, waits, "a")
     with off.acquire("b", wait_s=0.5) as m:
         assert m.name == "b"
     t.join()
