@@ -1,6 +1,7 @@
 """Request bodies over real sockets: chunked bodies past the limit, slow bodies, too many form parts,
 concurrent large uploads. Each refusal is an error envelope, and a refused body closes the connection."""
 import json
+import select
 import socket
 import time
 
@@ -131,9 +132,16 @@ def test_large_uploads_beyond_the_concurrency_bound_get_429(live_server, make_se
     head = (f"POST /transcribe HTTP/1.1\r\n{HEADERS}Content-Type: application/json\r\n"
             f"Content-Length: {9 * 1024**2}\r\n\r\n").encode()
     first = _connect(server)
-    first.sendall(head + b'{"file": "')  # holds the only slot while its body is (slowly) coming
+    first.sendall(head + b'{"file": "')
     second = _connect(server)
-    second.sendall(head)
-    status, headers, body, closed = _read_response(second)
+    second.sendall(head + b'{"file": "')
+    # The server's threads may take the two requests in either order: whichever gets the only
+    # slot holds it while its body is (slowly) coming, and the other is answered 429.
+    answered, _, _ = select.select([first, second], [], [], 10)
+    assert len(answered) == 1, "exactly one of the two uploads is refused at once"
+    status, headers, body, closed = _read_response(answered[0])
     assert status == 429 and body["error"]["code"] == "uploads_busy" and headers["retry-after"] == "10"
+    waiting = second if answered[0] is first else first
+    assert select.select([waiting], [], [], 0.5)[0] == [], "the upload holding the slot is still being received"
     first.close()
+    second.close()
