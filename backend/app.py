@@ -34,6 +34,7 @@ from .settings import GB, Settings, load_settings
 from .socket_guard import SocketGuard
 from .sockets import install_sockets
 from .uploads import install_upload_cleanup
+from .ws_hub import install_websocket_hub
 
 log = logging.getLogger("enfoads")
 
@@ -100,10 +101,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     origins = settings.cors_origins
     CORS(app, origins=origins, allow_headers=CORS_HEADERS, expose_headers=["Location", "Retry-After"])
-    # async_handlers=False: a client's events are handled in order on its own connection thread
-    # (realtime audio arrives ~125 packets/s and must reach the VAD in order; a thread per event
-    # reorders them and costs 15x the p99 at 20 sessions). Handlers must stay quick: long work
-    # goes to a thread of its own.
+    # async_handlers=False: a client's events are handled in order, not on a thread each (realtime
+    # audio arrives ~125 packets/s and must reach the VAD in order; a thread per event reorders
+    # them and costs 15x the p99 at 20 sessions). On a WebSocket they run on the connection's own
+    # thread, VITA's audio on the thread that reads every WebSocket (ws_hub.py). Handlers must stay
+    # quick: long work goes to a thread of its own.
     socketio = SocketIO(app, async_mode="threading", cors_allowed_origins="*" if origins == ["*"] else origins,
                         max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES, async_handlers=False, json=socket_json)
     # Only namespaces with handlers (ours, each checking the token) accept a CONNECT; `/`, which
@@ -113,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     guard = SocketGuard(max_connections=settings.socket_max_connections,
                         max_per_client=settings.socket_max_per_client, auth_timeout_s=settings.socket_auth_timeout_s)
     guard.install(socketio.server)
+    hub = install_websocket_hub(socketio.server.eio, realtime=[("/vita", "audio")])
     # Outermost (around Socket.IO's middleware too): behind ngrok the URLs we hand out carry the
     # public scheme and host, and the Socket.IO cap sees each client's own address.
     app.wsgi_app = TrustedProxyFix(app.wsgi_app, settings.trusted_proxies)
@@ -135,7 +138,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     model_env = ModelEnv(models_dir=settings.models_dir, profile=settings.profile, device=settings.resolved_device,
                          dtype=settings.dtype_name, vram=vram, data_dir=settings.data_dir)
     b = Backend(settings=settings, api_key=api_key, jobs=jobs, vram=vram, model_env=model_env, socketio=socketio,
-                socket_guard=guard, worker_key=worker_key)
+                socket_guard=guard, websocket_hub=hub, worker_key=worker_key)
     app.extensions["enfoads"] = b
 
     install_error_handlers(app)
@@ -163,6 +166,7 @@ def shutdown_app(app: Flask) -> None:
     if vita is not None:  # its reaper thread and open sessions (with their VRAM pins) end here
         vita.stop()
     b.socket_guard.stop()
+    b.websocket_hub.stop()
     b.jobs.stop()
     b.vram.stop()
     b.jobs.store.close()

@@ -20,6 +20,7 @@ class Backend:
     model_env: Any  # services.model_env.ModelEnv
     socketio: Any
     socket_guard: Any = None  # backend.socket_guard.SocketGuard
+    websocket_hub: Any = None  # backend.ws_hub.WebSocketHub
     worker_key: str | None = None  # distributed mode: the key GPU workers present (never a client's)
     started_at: float = field(default_factory=time.time)
     models: list[dict] = field(default_factory=list)  # /v1/models entries added by each family

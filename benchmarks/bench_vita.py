@@ -7,7 +7,9 @@
    with p99 < 16 ms on 2 cores.
 2. The same through Socket.IO (a live server; the clients run in a child process so their CPU
    shows up as it would on another machine): server-side handling time of each `audio` event,
-   the server's CPU per packet, and the 1-minute load average (the machine may be shared).
+   the server's CPU per packet, and the 1-minute load average (the machine may be shared). Over
+   WebSocket, the server as it is (one thread reads every WebSocket: backend/ws_hub.py) and with
+   Engine.IO's own reader threads, alternated, with the p99 ratio.
 3. End of speech -> first audio byte with tiny models (pipeline overhead): the tiny random
    Qwen2-VL, an instant transcriber and an instant tone speaker. Prints the time from the VAD's
    end-of-speech decision to the first `audio` event (server side), and from the last spoken
@@ -15,7 +17,7 @@
 4. On a GPU with the real VLM present (`python -m prefetch vita`): the same as 3 with
    Qwen2-VL-2B in fp16, against VITA-1.5's 1.5 s claim. Skipped otherwise.
 
-Options: --sessions 1,5,10,20,30  --seconds 4  --skip-socketio  --skip-reply
+Options: --sessions 1,5,10,20,30  --seconds 4  --skip-socketio  --skip-reply  --readers hub,threads
 """
 from __future__ import annotations
 
@@ -142,7 +144,9 @@ def _client_proc(url, token, n, pkts, ready, go, transport, client_cpu):
     client_cpu.value = time.process_time() * 1e6 / (n * len(pkts))
 
 
-def bench_socketio(counts, seconds: float, transport: str = "websocket") -> list[tuple]:
+def bench_socketio(counts, seconds: float, transport: str = "websocket", reader: str = "hub") -> list[tuple]:
+    """`reader`: "hub" (the server as it is: one thread reads every WebSocket and handles the audio),
+    or "threads" (Engine.IO's own: two threads per WebSocket), for the side-by-side figures."""
     from backend.server import Server
     from backend.settings import load_settings
     from services.vita import session as session_mod
@@ -169,7 +173,13 @@ def bench_socketio(counts, seconds: float, transport: str = "websocket") -> list
                                          vita_max_sessions=n, vita_preload=False, log_level="WARNING",
                                          # every bench client comes from one address
                                          socket_max_per_client=max(16, 2 * n))
-                server = Server(settings).start()
+                server = Server(settings)
+                if reader == "threads":
+                    from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
+
+                    eio = server.app.extensions["enfoads"].socketio.server.eio
+                    eio._async = dict(eio._async, websocket=SimpleWebSocketWSGI)
+                server.start()
                 server.app.extensions["vita"].transcriber = Deaf()
                 # load the VAD (and torch) now: a first connect that waits for it times the clients out
                 with server.app.extensions["enfoads"].vram.acquire(VAD_NAME):
@@ -268,6 +278,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--skip-socketio", action="store_true")
     ap.add_argument("--transports", default="websocket,polling", help="Socket.IO transports for section 2")
+    ap.add_argument("--readers", default="hub,threads", help="WebSocket readers for section 2 (hub: the server's)")
     ap.add_argument("--skip-in-process", action="store_true")
     ap.add_argument("--skip-reply", action="store_true")
     args = ap.parse_args()
@@ -289,13 +300,24 @@ def main() -> None:
     if not args.skip_socketio:
         print("\n2. Sessions through Socket.IO (server-side handling of each `audio` event; clients in a child process"
               "\n   on the same cores: CPU per packet of the server, and of the clients)")
-        print(f"{'transport':>9} {'sessions':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'handled':>8} {'wall s':>7}"
-              f" {'cpu us/pkt':>10} {'clients':>8} {'load':>5}")
+        print("   WebSocket readers: `hub` (the server: one thread reads every WebSocket and handles the audio)"
+              "\n   and `threads` (Engine.IO's own: a reader and a handler thread per WebSocket), alternated")
+        print(f"{'transport':>9} {'reader':>7} {'sessions':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'handled':>8}"
+              f" {'wall s':>7} {'cpu us/pkt':>10} {'clients':>8} {'load':>5}")
         for transport in args.transports.split(","):
-            for n, p50, p99, mx, handled, wall, cpu, client, load in bench_socketio(counts, args.seconds, transport):
-                mark = "ok" if p99 < 16 and handled >= 0.9999 else "OVER"
-                print(f"{transport:>9} {n:>8} {p50:>8.3f} {p99:>8.3f} {mx:>8.2f} {handled:>8.1%} {wall:>7.1f}"
-                      f" {cpu:>10.0f} {client:>8.0f} {load:>5.1f}  {mark}", flush=True)
+            readers = args.readers.split(",") if transport == "websocket" else ["-"]
+            p99s = {}
+            for n in counts:
+                for reader in readers:
+                    for _, p50, p99, mx, handled, wall, cpu, client, load in bench_socketio(
+                            [n], args.seconds, transport, reader if reader != "-" else "hub"):
+                        mark = "ok" if p99 < 16 and handled >= 0.9999 else "OVER"
+                        p99s[(n, reader)] = p99
+                        print(f"{transport:>9} {reader:>7} {n:>8} {p50:>8.3f} {p99:>8.3f} {mx:>8.2f} {handled:>8.1%}"
+                              f" {wall:>7.1f} {cpu:>10.0f} {client:>8.0f} {load:>5.1f}  {mark}", flush=True)
+            if {"hub", "threads"} <= set(readers):
+                print("   p99 threads / hub: " + ", ".join(f"{n} sessions {p99s[(n, 'threads')] / p99s[(n, 'hub')]:.1f}x"
+                                                        for n in counts))
 
     if not args.skip_reply:
         from prefetch.manifest import discover_smoke_builders, SMOKE_BUILDERS

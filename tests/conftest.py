@@ -1,3 +1,4 @@
+import logging
 import os
 import threading
 import time
@@ -115,3 +116,14 @@ def real_whisper_models(tmp_path_factory):
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
     return root
+
+
+@pytest.fixture
+def fresh_log_limits():
+    """The one-line filters are per process; a test counting lines starts from an empty window."""
+    from backend.logs import SOCKET_LOGGERS, OneLinePerWindow
+
+    for name in SOCKET_LOGGERS:
+        for f in logging.getLogger(name).filters:
+            if isinstance(f, OneLinePerWindow):
+                f.reset()

@@ -39,17 +39,6 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture
-def fresh_log_limits():
-    """The one-line filters are per process; a test counting lines starts from an empty window."""
-    from backend.logs import SOCKET_LOGGERS, OneLinePerWindow
-
-    for name in SOCKET_LOGGERS:
-        for f in logging.getLogger(name).filters:
-            if isinstance(f, OneLinePerWindow):
-                f.reset()
-
-
 # --------------------------------------------------------------------------- 6. log flood
 
 def socket_log_lines(caplog):
