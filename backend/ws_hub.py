@@ -21,6 +21,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from typing import Callable
 
 import simple_websocket
@@ -31,7 +32,9 @@ from wsproto.frame_protocol import CloseReason
 log = logging.getLogger("enfoads.socketio")
 
 _CLOSED = object()
-_RECV_BYTES = 65536
+# simple-websocket's own read size: a compressed frame inflates ~1000x, and the hub must not hold
+# one client's 64 MB while every other waits
+_RECV_BYTES = 4096
 _CHANGE_WAIT_S = 5.0
 
 
@@ -45,6 +48,35 @@ class _NoThread:
 
     def start(self) -> None:
         pass
+
+
+class _HubSocket:
+    """The connection's socket as simple-websocket uses it. On the hub thread a send never waits: a
+    client that stops reading must not stall every WebSocket (the hub answers pings and closes).
+    On other threads (Engine.IO's writer) a send sends all of it."""
+
+    def __init__(self, sock: socket.socket, hub: "WebSocketHub"):
+        self._sock = sock
+        self._hub = hub
+
+    def send(self, data) -> int:
+        if threading.current_thread() is not self._hub._thread:
+            self._sock.sendall(data)
+            return len(data)
+        try:
+            sent = self._sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):  # a frame cut short: nothing more can be sent on this stream
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            raise OSError("the client is not reading what the server sends")
+        return sent
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
 
 
 class WebSocketHub:
@@ -76,6 +108,8 @@ class WebSocketHub:
         if running:
             self._change(None, False)
             self._thread.join(_CHANGE_WAIT_S)
+            if self._thread.is_alive():  # held up in a handler: it ends itself when that returns
+                return
         self._wake_r.close()
         self._wake_w.close()
         self._sel.close()
@@ -177,20 +211,44 @@ class HubWebSocket:
         self._pending = 0  # messages queued for this connection's thread or in its hands
         self._returned = False
         self._queued_bytes = 0
+        self._ended = False
+        # an upgrade from long-polling: the probe and the UPGRADE packet go to the connection's thread
+        # before anything may be handled here
+        self._handshake_left = 0
 
     def __call__(self, environ, start_response):
         self.ws = simple_websocket.Server(environ, max_message_size=self.max_bytes, thread_class=_NoThread)
+        self.ws.sock = _HubSocket(self.ws.sock, self.hub)
+        self._handshake_left = 2 if self.eio_socket.connected else 0
         self.hub.add(self)
         try:
             ret = self.app(self)
         finally:
             self.hub.remove(self)  # before the server closes the socket and its number is reused
+            self._finish_socket()
         # as simple-websocket's own wrapper in Engine.IO: the response was the upgrade, already sent
         if self.ws.mode == "gunicorn":
             raise StopIteration()
         if self.ws.mode == "werkzeug":
             raise ConnectionError()
         return ret
+
+    def _finish_socket(self) -> None:
+        """Werkzeug reads on after a WebSocket for another request: it would take the client's close
+        answer for one and log a 400. Take that answer here (a second at most), then shut the socket."""
+        sock = self.ws.sock
+        deadline = time.monotonic() + 1.0
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(_RECV_BYTES):
+                    break
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # --- Engine.IO's side: the connection's thread (wait) and its writer thread (send, close)
     def wait(self):
@@ -232,11 +290,16 @@ class HubWebSocket:
             return True
         except OSError:
             data = b""
+        if self._ended:
+            return False
         if not data:
             ws.connected = False
         else:
             ws.ws.receive_data(data)
-            if not ws._handle_events():  # answers pings and closes; enforces the message size
+            try:
+                if not ws._handle_events():  # answers pings and closes; enforces the message size
+                    ws.connected = False
+            except OSError:  # an answer could not be sent at once (_HubSocket)
                 ws.connected = False
         while ws.input_buffer:
             if not self._deliver(ws.input_buffer.pop(0)):
@@ -258,7 +321,13 @@ class HubWebSocket:
     def _deliver(self, message) -> bool:
         """Handle or queue `message`; False if the connection's queue is over its bound."""
         with self._cond:
-            inline = self._pending == 0 and self.eio_socket.upgraded and self.hub.inline(message)
+            if self._ended:
+                return True  # its thread is closing the session: nothing more is handled
+            if self._handshake_left:
+                self._handshake_left -= 1
+                inline = False
+            else:
+                inline = self._pending == 0 and self.hub.inline(message) and self._healthy()
             if not inline:
                 if self._queued_bytes + len(message) > self.max_bytes:
                     return False
@@ -269,6 +338,14 @@ class HubWebSocket:
         if inline:
             self._handle(message)
         return True
+
+    def _healthy(self) -> bool:
+        """Not closing, and not past its ping deadline: an emit would then run the whole disconnect
+        (session close, VRAM unpins) on the hub; the connection's own thread does it instead."""
+        eio = self.eio_socket
+        last_ping = eio.last_ping
+        return not (eio.closing or eio.closed or
+                    (last_ping and time.time() - last_ping > eio.server.ping_timeout))
 
     def _handle(self, message) -> None:
         """What Engine.IO's WebSocket loop does with a message, on the hub thread."""
@@ -285,6 +362,7 @@ class HubWebSocket:
     def _end(self, drop_queued: bool = False) -> None:
         """The connection is over: its thread sees the end once done with what is queued (or at once)."""
         with self._cond:
+            self._ended = True
             if drop_queued:
                 self._pending -= sum(1 for m in self._queue if m is not _CLOSED)
                 self._queue.clear()

@@ -489,6 +489,29 @@ def test_a_client_that_vanished_does_not_stop_the_session():
     assert session.stats["replies"] == 1 and not reply.cancelled.is_set()
 
 
+def test_an_emit_that_finds_the_client_gone_closes_the_session_without_hanging():
+    """Engine.IO closes a connection past its ping deadline inside the emit, and the disconnect
+    handler closes the session on that same thread, inside the session's own emit."""
+    gate = threading.Event()
+    speaker = Speaker(gate=gate)
+    holder = {}
+
+    def emit(event, data=None):
+        if event == "stop_tts":
+            holder["session"].close()
+
+    session, client, clock = make(speaker=speaker, emit=emit)
+    holder["session"] = session
+    send(session, clock, speech())
+    assert speaker.spoke_once.wait(WAIT)
+    barge_in = threading.Thread(target=session.interrupt, args=("the user started speaking",), daemon=True)
+    barge_in.start()
+    barge_in.join(WAIT)
+    assert not barge_in.is_alive(), "the barge-in hung on the session's own lock"
+    assert session.closed and session.last_reply.cancelled.is_set()
+    gate.set()
+
+
 def test_speech_between_two_sentences_stops_the_reply_before_the_next():
     gate = threading.Event()
     brain = Brain(gate=gate)

@@ -269,3 +269,72 @@ def test_a_client_flooding_while_its_handler_is_busy_is_closed_not_buffered(vita
           what="the flooding client's session closed, the other left")
     assert [r.getMessage() for r in caplog.records if "took" in r.getMessage() or "taken" in r.getMessage()] == [
         "Socket.IO: closing a WebSocket that sent over 16 MB its handlers had not taken yet"]
+
+
+def _raw_websocket(server, rcvbuf=None):
+    """A WebSocket client at the frame level (wsproto), on a socket the test controls."""
+    import socket
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request
+
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", server.port))
+    sock.settimeout(10)
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(ws.send(Request(host="test", target=EIO)))
+    accepted = False
+    while not accepted:
+        ws.receive_data(sock.recv(4096))
+        accepted = any(isinstance(e, AcceptConnection) for e in ws.events())
+    return sock, ws
+
+
+def test_a_client_that_never_reads_cannot_stall_the_other_websockets(vita, handled):
+    from wsproto.events import Ping
+
+    server = vita()
+    other = vita.client(server)
+    sock, ws = _raw_websocket(server, rcvbuf=4096)
+    ping = ws.send(Ping(payload=b"p" * 125))  # each one answered with a pong it never reads
+    try:
+        for _ in range(100_000):  # 13 MB of pings, far past what the socket buffers hold of the pongs
+            sock.sendall(ping * 20)
+    except OSError:
+        pass  # the server gave up on it: what should happen
+    for pkt in _audio(5):
+        other.emit("audio", pkt)
+    _wait(lambda: sum(1 for sid, *_ in handled if sid == other.sid) == 5, timeout=10,
+          what="the other client's audio handled")
+    sock.close()
+
+
+def test_closing_a_websocket_leaves_no_bad_request_in_the_log(vita, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    server = vita(vita_max_sessions=1)
+    first = vita.client(server)
+    refused = vita.client(server)  # the server answers too_many_users and closes it
+    refused.wait_event("disconnect", timeout=10)
+    first.sio.disconnect()
+    _wait(lambda: server.app.extensions["vita"].count() == 0, timeout=10, what="the session closed")
+    time.sleep(1.5)  # a server reading on would take the close answer for a request by now
+    werkzeug = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert not [m for m in werkzeug if "Bad request" in m or "Bad HTTP" in m or '" 400 ' in m], werkzeug
+
+
+def test_a_client_upgraded_from_long_polling_streams_in_order_through_the_reader(vita, handled):
+    server = vita()
+    c = VitaClient(server.url, transports=("polling", "websocket"))
+    try:
+        _wait(lambda: c.sio.transport() == "websocket", what="the upgrade to WebSocket")
+        c.send_audio(silence(0.5), speed=8.0)
+        per = len(list(packets(silence(0.5))))
+        _wait(lambda: sum(1 for sid, *_ in handled if sid == c.sid) == per, what="every packet handled")
+        assert [n for sid, n, _, _ in handled if sid == c.sid] == list(range(1, per + 1))
+        assert {name for sid, _, name, _ in handled if sid == c.sid} == {"enfoads-ws-hub"}
+    finally:
+        c.close()

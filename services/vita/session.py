@@ -86,7 +86,9 @@ class Session:
         self.last_activity = clock()
         self.closed = False
         self._audio_lock = threading.Lock()  # VAD state advances one packet at a time
-        self._emit_lock = threading.Lock()  # a cancelled reply never emits after its stop_tts
+        # A cancelled reply never emits after its stop_tts. Reentrant: an emit that finds the client
+        # gone (Engine.IO's ping deadline) closes the connection, and so this session, on the same thread.
+        self._emit_lock = threading.RLock()
         self._reply: Reply | None = None
         self._replies = 0
         self._last_error: dict[str, float] = {}
