@@ -283,8 +283,9 @@ def main() -> None:
     ap.add_argument("--skip-reply", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    # the dev server logs every closed WebSocket as a bad request; the assistant's warnings
-    # about missing whisper/TTS are expected here (doubles stand in)
+    # with Engine.IO's own readers (`--readers threads`) the dev server logs every closed WebSocket
+    # as a bad request; the assistant's warnings about missing whisper/TTS are expected here
+    # (doubles stand in)
     logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
     logging.getLogger("enfoads").setLevel(logging.ERROR)
     counts = [int(x) for x in args.sessions.split(",")]

@@ -74,6 +74,17 @@ def _audio(n):
     return list(packets(silence(n * 128 / 16000)))
 
 
+def _vita_socket(server) -> tuple[simple_websocket.Client, str]:
+    """A WebSocket joined to /vita with the key, frame by frame; returns it and its session id."""
+    ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}{EIO}")
+    opened = ws.receive(timeout=10)
+    assert opened and opened.startswith("0"), f"no Engine.IO OPEN packet: {opened!r}"
+    ws.send('40/vita,{"token":"%s"}' % API_KEY)
+    joined = ws.receive(timeout=10)
+    assert joined and joined.startswith("40/vita,"), f"not joined to /vita: {joined!r}"
+    return ws, json.loads(joined[len("40/vita,"):])["sid"]
+
+
 def test_a_slow_event_holds_up_only_its_own_client_and_its_audio_waits_behind_it(vita, handled, monkeypatch):
     from backend.routes.vita import VitaNamespace
 
@@ -149,10 +160,7 @@ def test_a_dropped_connection_ends_its_session_and_threads_at_once(vita):
     server = vita()
     manager = server.app.extensions["vita"]
     before = _connection_threads()
-    ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}{EIO}")
-    assert ws.receive(timeout=10).startswith("0")
-    ws.send('40/vita,{"token":"%s"}' % API_KEY)
-    assert ws.receive(timeout=10).startswith("40/vita,")
+    ws, _ = _vita_socket(server)
     _wait(lambda: manager.count() == 1, what="a session open")
     ws.sock.shutdown(2)  # gone without a close frame, as a phone losing signal
     ws.sock.close()
@@ -166,10 +174,7 @@ def test_a_message_over_the_size_limit_closes_only_that_connection(vita, monkeyp
 
     server = vita()
     manager = server.app.extensions["vita"]
-    ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}{EIO}")
-    assert ws.receive(timeout=10).startswith("0")
-    ws.send('40/vita,{"token":"%s"}' % API_KEY)
-    assert ws.receive(timeout=10).startswith("40/vita,")
+    ws, _ = _vita_socket(server)
     other = vita.client(server)
     ws.send("4" + "x" * (backend.app.SOCKET_MAX_MESSAGE_BYTES + 1))
     with pytest.raises(simple_websocket.ConnectionClosed) as closed:
@@ -219,13 +224,8 @@ def test_a_malformed_audio_packet_costs_one_log_line_and_the_connection_goes_on(
     caplog.set_level(logging.INFO)
     server = vita()
     manager = server.app.extensions["vita"]
-    ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}{EIO}")
+    ws, sid = _vita_socket(server)
     try:
-        assert ws.receive(timeout=10).startswith("0")
-        ws.send('40/vita,{"token":"%s"}' % API_KEY)
-        reply = ws.receive(timeout=10)
-        assert reply.startswith("40/vita,")
-        sid = reply.split('"sid":"')[1].split('"')[0]
         for _ in range(30):
             ws.send('42/vita,["audio",{]')
         ws.send("42/vita," + json.dumps(["audio", next(packets(silence(0.008)))], separators=(",", ":")))
@@ -248,11 +248,8 @@ def test_a_client_flooding_while_its_handler_is_busy_is_closed_not_buffered(vita
     manager = server.app.extensions["vita"]
     busy = threading.Event()
     monkeypatch.setattr(VitaNamespace, "on_video_frame", lambda self, data=None: (busy.set(), time.sleep(3)))
-    ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.port}{EIO}")
+    ws, _ = _vita_socket(server)
     try:
-        assert ws.receive(timeout=10).startswith("0")
-        ws.send('40/vita,{"token":"%s"}' % API_KEY)
-        assert ws.receive(timeout=10).startswith("40/vita,")
         other = vita.client(server)
         ws.send('42/vita,["video_frame","x"]')
         assert busy.wait(10)
