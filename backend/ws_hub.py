@@ -312,7 +312,7 @@ class HubWebSocket:
                 except (simple_websocket.ConnectionClosed, OSError):
                     pass
                 ws.connected = False
-                self._end(drop_queued=True)
+                self._end(drop_queued=True)  # what it queued is not handled either
         if not ws.connected:
             self._end()
             return False
@@ -376,7 +376,7 @@ def install_websocket_hub(eio_server, realtime: list[tuple[str, str]]) -> WebSoc
     """Read every WebSocket of `eio_server` on one hub thread; `realtime` (namespace, event) pairs
     are handled on it."""
     # Socket.IO's EVENT packet inside an Engine.IO MESSAGE: `42/vita,["audio",...` (no ack id)
-    prefixes = tuple(f'42{ns if ns != "/" else ""}{"," if ns != "/" else ""}["{event}",' for ns, event in realtime)
+    prefixes = tuple(f'42{"" if ns == "/" else ns + ","}["{event}",' for ns, event in realtime)
     hub = WebSocketHub(lambda message: isinstance(message, str) and message.startswith(prefixes))
     # a copy: the driver's table is shared by every Engine.IO server in the process
     eio_server._async = dict(eio_server._async, websocket=hub.wrapper)

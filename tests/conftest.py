@@ -127,3 +127,50 @@ def fresh_log_limits():
         for f in logging.getLogger(name).filters:
             if isinstance(f, OneLinePerWindow):
                 f.reset()
+
+
+@pytest.fixture(scope="session")
+def vita_models(smoke_models):
+    return smoke_models("vita")
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory):
+    """Spanish speech (espeak-ng) for the assistant's tests."""
+    from tests.vita_helpers import spanish_speech
+
+    return spanish_speech(tmp_path_factory.mktemp("vita-speech"))
+
+
+@pytest.fixture
+def vita(live_server, make_settings, vita_models):
+    """Start a server with the assistant wired to test doubles; returns (server, manager, doubles).
+    `vita.client(server)` connects a VitaClient, closed after the test."""
+    from tests.vita_helpers import FixedTranscriber, ToneSpeaker, VitaClient
+
+    clients = []
+
+    def start(transcriber=None, speaker=None, wire=True, **overrides):
+        values = dict(models_dir=vita_models, vita_max_new_tokens=12, vita_audio_rate_limit=20,
+                      vita_audio_burst_s=30)
+        values.update(overrides)
+        t = transcriber or FixedTranscriber()
+        s = speaker or ToneSpeaker()
+
+        def setup(app):
+            # wire=False: a server whose whisper and TTS services are absent
+            app.extensions["vita"].transcriber = t if wire else None
+            app.extensions["vita"].speaker = s if wire else None
+
+        server = live_server(make_settings(**values), setup=setup)
+        return server, server.app.extensions["vita"], t, s
+
+    def client(server, **kw):
+        c = VitaClient(server.url, **kw)
+        clients.append(c)
+        return c
+
+    start.client = client
+    yield start
+    for c in clients:
+        c.close()

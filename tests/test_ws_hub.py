@@ -10,40 +10,13 @@ import pytest
 import simple_websocket
 
 from tests.conftest import API_KEY
-from tests.vita_helpers import FixedTranscriber, ToneSpeaker, VitaClient, packets, silence, spanish_speech
+from tests.vita_helpers import VitaClient, packets, silence
 
 EIO = "/socket.io/?EIO=4&transport=websocket"
 
 
-@pytest.fixture(scope="session")
-def speech(tmp_path_factory):
-    return spanish_speech(tmp_path_factory.mktemp("hub-speech"))
-
-
-@pytest.fixture
-def vita(live_server, make_settings, smoke_models):
-    clients = []
-
-    def start(**overrides):
-        values = dict(models_dir=smoke_models("vita"), vita_audio_rate_limit=20, vita_audio_burst_s=30,
-                      vita_max_sessions=8, socket_max_per_client=32)
-        values.update(overrides)
-
-        def setup(app):
-            app.extensions["vita"].transcriber = FixedTranscriber()
-            app.extensions["vita"].speaker = ToneSpeaker()
-
-        return live_server(make_settings(**values), setup=setup)
-
-    def client(server):
-        c = VitaClient(server.url)
-        clients.append(c)
-        return c
-
-    start.client = client
-    yield start
-    for c in clients:
-        c.close()
+# more sessions than the default, all from one address
+ROOMY = dict(vita_max_sessions=8, socket_max_per_client=32)
 
 
 @pytest.fixture
@@ -88,7 +61,7 @@ def _vita_socket(server) -> tuple[simple_websocket.Client, str]:
 def test_a_slow_event_holds_up_only_its_own_client_and_its_audio_waits_behind_it(vita, handled, monkeypatch):
     from backend.routes.vita import VitaNamespace
 
-    server = vita()
+    server, *_ = vita(**ROOMY)
     slow_started, slow_done = threading.Event(), []
 
     def slow_frame(self, data=None):
@@ -116,7 +89,7 @@ def test_a_slow_event_holds_up_only_its_own_client_and_its_audio_waits_behind_it
 
 
 def test_audio_is_handled_on_the_reader_thread_and_every_packet_in_order(vita, handled):
-    server = vita()
+    server, *_ = vita(**ROOMY)
     clients = [vita.client(server) for _ in range(6)]
     sending = [threading.Thread(target=c.send_audio, args=(silence(1.0),), kwargs={"speed": 8.0}) for c in clients]
     for t in sending:
@@ -131,7 +104,7 @@ def test_audio_is_handled_on_the_reader_thread_and_every_packet_in_order(vita, h
 
 
 def test_sessions_streaming_at_once_each_hear_their_own_utterance(vita, speech):
-    server = vita()
+    server, *_ = vita(**ROOMY)
     manager = server.app.extensions["vita"]
     clients = [vita.client(server) for _ in range(4)]
     track = np.concatenate([speech, silence(1.0)])
@@ -157,7 +130,7 @@ def _connection_threads():
 
 
 def test_a_dropped_connection_ends_its_session_and_threads_at_once(vita):
-    server = vita()
+    server, *_ = vita(**ROOMY)
     manager = server.app.extensions["vita"]
     before = _connection_threads()
     ws, _ = _vita_socket(server)
@@ -172,7 +145,7 @@ def test_a_dropped_connection_ends_its_session_and_threads_at_once(vita):
 def test_a_message_over_the_size_limit_closes_only_that_connection(vita, monkeypatch):
     import backend.app
 
-    server = vita()
+    server, *_ = vita(**ROOMY)
     manager = server.app.extensions["vita"]
     ws, _ = _vita_socket(server)
     other = vita.client(server)
@@ -222,7 +195,7 @@ def test_a_malformed_audio_packet_costs_one_log_line_and_the_connection_goes_on(
     import logging
 
     caplog.set_level(logging.INFO)
-    server = vita()
+    server, *_ = vita(**ROOMY)
     manager = server.app.extensions["vita"]
     ws, sid = _vita_socket(server)
     try:
@@ -244,7 +217,7 @@ def test_a_client_flooding_while_its_handler_is_busy_is_closed_not_buffered(vita
     from backend.routes.vita import VitaNamespace
 
     caplog.set_level(logging.WARNING)
-    server = vita()
+    server, *_ = vita(**ROOMY)
     manager = server.app.extensions["vita"]
     busy = threading.Event()
     monkeypatch.setattr(VitaNamespace, "on_video_frame", lambda self, data=None: (busy.set(), time.sleep(3)))
@@ -292,7 +265,7 @@ def _raw_websocket(server, rcvbuf=None):
 def test_a_client_that_never_reads_cannot_stall_the_other_websockets(vita, handled):
     from wsproto.events import Ping
 
-    server = vita()
+    server, *_ = vita(**ROOMY)
     other = vita.client(server)
     sock, ws = _raw_websocket(server, rcvbuf=4096)
     ping = ws.send(Ping(payload=b"p" * 125))  # each one answered with a pong it never reads
@@ -312,7 +285,7 @@ def test_closing_a_websocket_leaves_no_bad_request_in_the_log(vita, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="werkzeug")
-    server = vita(vita_max_sessions=1)
+    server, *_ = vita(**dict(ROOMY, vita_max_sessions=1))
     first = vita.client(server)
     refused = vita.client(server)  # the server answers too_many_users and closes it
     refused.wait_event("disconnect", timeout=10)
@@ -324,7 +297,7 @@ def test_closing_a_websocket_leaves_no_bad_request_in_the_log(vita, caplog):
 
 
 def test_a_client_upgraded_from_long_polling_streams_in_order_through_the_reader(vita, handled):
-    server = vita()
+    server, *_ = vita(**ROOMY)
     c = VitaClient(server.url, transports=("polling", "websocket"))
     try:
         _wait(lambda: c.sio.transport() == "websocket", what="the upgrade to WebSocket")
